@@ -1,0 +1,103 @@
+"""The numba DTW kernels against brute-force pure-Python references on random inputs."""
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+
+from tokentiming import dtw
+
+
+def levenshtein_reference(a: str, b: str) -> int:
+    """Plain recursion over the three edits (memoised)."""
+    from functools import lru_cache
+
+    @lru_cache(maxsize=None)
+    def distance(i, j):
+        if i == 0 or j == 0:
+            return i + j
+        return min(distance(i - 1, j) + 1, distance(i, j - 1) + 1,
+                   distance(i - 1, j - 1) + (a[i - 1] != b[j - 1]))
+
+    return distance(len(a), len(b))
+
+
+def in_band_reference(i, j, k, m, band):
+    width = max(band, abs(k - m))
+    return abs((i + 1) / k - (j + 1) / m) * k <= width + 1e-9
+
+
+def all_paths(k, m):
+    """Every monotone warping path from (0, 0) to (k-1, m-1) with unit steps."""
+    def extend(path):
+        i, j = path[-1]
+        if (i, j) == (k - 1, m - 1):
+            yield path
+            return
+        for di, dj in ((1, 1), (1, 0), (0, 1)):
+            if i + di < k and j + dj < m:
+                yield from extend(path + [(i + di, j + dj)])
+    yield from extend([(0, 0)])
+
+
+def random_tokens(rng, n):
+    alphabet = "ab c\n中😀"
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4))) for _ in range(n)]
+
+
+def test_levenshtein_matches_reference():
+    rng = random.Random(0)
+    for _ in range(300):
+        a, b = random_tokens(rng, 6), random_tokens(rng, 5)
+        cost, _ = dtw.align_strings(a, b, 8)
+        expected = [[levenshtein_reference(x, y) for y in b] for x in a]
+        assert cost.tolist() == expected
+
+
+def test_cumulative_cost_matches_python_dp():
+    rng = random.Random(1)
+    for _ in range(200):
+        k, m, band = rng.randint(1, 9), rng.randint(1, 9), rng.randint(0, 4)
+        cost = np.array([[rng.randint(0, 5) for _ in range(m)] for _ in range(k)], dtype=np.float64)
+        D = dtw.cumulative_cost(cost, band)
+        expected = np.full((k + 1, m + 1), np.inf)
+        expected[0, 0] = 0
+        for i in range(1, k + 1):
+            for j in range(1, m + 1):
+                if in_band_reference(i - 1, j - 1, k, m, band):
+                    expected[i, j] = cost[i - 1, j - 1] + min(expected[i - 1, j - 1], expected[i - 1, j],
+                                                              expected[i, j - 1])
+        np.testing.assert_array_equal(D, expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_warping_path_is_the_cheapest_path_in_the_band(seed):
+    rng = random.Random(seed)
+    for _ in range(40):
+        k, m, band = rng.randint(1, 6), rng.randint(1, 6), rng.randint(0, 3)
+        a, b = random_tokens(rng, k), random_tokens(rng, m)
+        cost, path = dtw.align_strings(a, b, band)
+        candidates = [p for p in all_paths(k, m) if all(in_band_reference(i, j, k, m, band) for i, j in p)]
+        best = min(sum(cost[i, j] for i, j in p) for p in candidates)
+        found = [tuple(map(int, step)) for step in path]
+        assert found in candidates, "the path must be monotone, unit-step and inside the band"
+        assert sum(cost[i, j] for i, j in found) == best
+
+
+def test_band_is_widened_so_a_path_always_exists():
+    for k, m in itertools.product(range(1, 12), range(1, 12)):
+        cost, path = dtw.align_strings(["x"] * k, ["y"] * m, 0)
+        assert path[0].tolist() == [0, 0] and path[-1].tolist() == [k - 1, m - 1]
+
+
+def test_identical_sequences_align_on_the_diagonal_at_zero_cost():
+    tokens = ["def", " foo", "(", "x", "):"]
+    cost, path = dtw.align_strings(tokens, tokens, 8)
+    assert path.tolist() == [[i, i] for i in range(5)]
+    assert sum(cost[i, j] for i, j in path) == 0
+
+
+def test_empty_side_gives_an_empty_path():
+    cost, path = dtw.align_strings([], ["a"], 8)
+    assert cost.shape == (0, 1) and path.shape == (0, 2)
