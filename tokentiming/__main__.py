@@ -42,6 +42,83 @@ def _generate(args) -> int:
     return 0
 
 
+def _progress_bar(total_hint: str):
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done, total, method, category):
+        nonlocal bar
+        if bar is None or bar.total != total:
+            bar = tqdm(total=total, desc=total_hint, unit="run", file=sys.stderr)
+        bar.n = done
+        bar.set_postfix_str(f"{method} · {category}")
+        bar.refresh()
+    return update
+
+
+def _bench(args) -> int:
+    from pathlib import Path
+
+    from . import bench
+    from .models import load
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    prompts = bench.load_prompts(args.prompts)
+    if args.categories:
+        wanted = {c.strip() for c in args.categories.split(",")}
+        prompts = [p for p in prompts if p.category in wanted]
+        if not prompts:
+            raise ValueError(f"no prompt in categories {sorted(wanted)}")
+    target = load(args.target, device=args.device, dtype=args.dtype)
+    draft = load(args.draft, device=args.device, dtype=args.dtype)
+    harness = bench.Bench(target, draft, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_p=args.top_p, num_draft_tokens=args.num_draft_tokens, band=args.band,
+                          adaptive=args.adaptive)
+    runs = bench.run_benchmark(harness, prompts, methods, args.repeats, progress=_progress_bar("bench"))
+    summary = bench.summarise(runs, methods)
+    identical = bench.identical_to_target(runs, methods) if harness.greedy else {}
+    fidelity = None
+    if not harness.greedy and args.fidelity_samples:
+        fidelity = bench.fidelity(harness, prompts[0], [m for m in methods if m in ("ar", "tokentiming", "hf-uag")],
+                                  args.fidelity_samples, progress=_progress_bar("fidelity"))
+    settings = dict(target=args.target, draft=args.draft, max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature, top_p=args.top_p, repeats=args.repeats,
+                    num_draft_tokens=args.num_draft_tokens, adaptive=args.adaptive, prompts=args.prompts or "built-in",
+                    dtype=str(next(target[0].parameters()).dtype).removeprefix("torch."), machine=bench.machine(),
+                    peak_rss_mb=bench.peak_rss_mb(), command=" ".join(["python -m tokentiming", *sys.argv[1:]]))
+    report = bench.write_report(Path(args.out), runs, summary, identical, fidelity, settings)
+    print(bench.markdown_table(summary, identical, fidelity, settings))
+    print(f"\nreport: {Path(args.out) / 'report.md'}, {Path(args.out) / 'report.json'}", file=sys.stderr)
+    return 0 if all(report["identical_to_target"].values()) else 1
+
+
+def _rank_drafts(args) -> int:
+    from . import bench
+    from .models import load
+
+    prompts = bench.load_prompts(args.prompts)[:args.limit]
+    target = load(args.target, device=args.device, dtype=args.dtype)
+    ranking = []
+    for spec in [d.strip() for d in args.drafts.split(",") if d.strip()]:
+        harness = bench.Bench(target, load(spec, device=args.device, dtype=args.dtype),
+                              max_new_tokens=args.max_new_tokens, num_draft_tokens=args.num_draft_tokens)
+        runs = bench.run_benchmark(harness, prompts, ["ar", "tokentiming"], progress=_progress_bar(spec))
+        harness.close()
+        row = bench.summarise(runs, ["ar", "tokentiming"])["overall"]["tokentiming"]
+        ranking.append((row.get("speedup_vs_ar", 0.0), spec, row))
+    ranking.sort(reverse=True, key=lambda item: item[0])
+    print("| rank | draft | speedup vs target alone | acceptance | tau |\n|---|---|---|---|---|")
+    for n, (speedup, spec, row) in enumerate(ranking, 1):
+        print(f"| {n} | {spec} | {speedup:.2f}× | {row['acceptance_rate'] or 0:.2f} | {row['tau']:.2f} |")
+    best = ranking[0] if ranking else None
+    if best and best[0] > 1.0:
+        print(f"\nRecommended draft: {best[1]} ({best[0]:.2f}× on this calibration set).")
+    else:
+        print("\nNo draft pays for itself on this machine: decode with the target alone.")
+    return 0
+
+
 def _echo(rounds):
     for trace in rounds:
         print(trace.new_text, end="", flush=True)
@@ -71,9 +148,38 @@ def main(argv=None) -> int:
     gen.add_argument("--dtype", default="auto")
     gen.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a model (off by default)")
     gen.add_argument("--json", action="store_true", help="print one JSON object {text, token_ids, stats}")
+    bench = commands.add_parser("bench", help="benchmark methods side by side on the same prompts")
+    bench.add_argument("--target", required=True)
+    bench.add_argument("--draft", required=True)
+    bench.add_argument("--prompts", help="JSONL: {category, prompt, chat} lines or Spec-Bench questions")
+    bench.add_argument("--categories", help="comma-separated categories to keep")
+    bench.add_argument("--methods", default="ar,hf-ar,tokentiming,hf-uag")
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--temperature", type=float, default=0.0)
+    bench.add_argument("--top-p", type=float, default=1.0)
+    bench.add_argument("--num-draft-tokens", type=int, default=5)
+    bench.add_argument("--band", type=int, default=8)
+    bench.add_argument("--adaptive", action="store_true")
+    bench.add_argument("--repeats", type=int, default=1)
+    bench.add_argument("--fidelity-samples", type=int, default=200, help="sampling only; 0 skips the check")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--dtype", default="auto")
+    bench.add_argument("--out", default="bench-out")
+
+    rank = commands.add_parser("rank-drafts", help="rank candidate drafts for a target by measured speedup")
+    rank.add_argument("--target", required=True)
+    rank.add_argument("--drafts", required=True, help="comma-separated specs")
+    rank.add_argument("--prompts")
+    rank.add_argument("--limit", type=int, default=4, help="calibration prompts")
+    rank.add_argument("--max-new-tokens", type=int, default=48)
+    rank.add_argument("--num-draft-tokens", type=int, default=5)
+    rank.add_argument("--device", default="auto")
+    rank.add_argument("--dtype", default="auto")
+
     args = parser.parse_args(argv)
+    handlers = {"generate": _generate, "bench": _bench, "rank-drafts": _rank_drafts}
     try:
-        return _generate(args)
+        return handlers[args.command](args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

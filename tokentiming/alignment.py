@@ -71,7 +71,7 @@ class TokenSurfaces:
         self.special_ids = frozenset(tokenizer.all_special_ids) | frozenset(
             i for i, t in tokenizer.added_tokens_decoder.items() if t.special)
         self._added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
-        self._kind = self._decoder_kind()
+        self.kind = self._decoder_kind()  # "byte_level", "metaspace" or "decode"
         self._bytes: dict[int, bytes] = {}
         self._normalised: dict[int, str] = {}
         self._anchor = None
@@ -81,7 +81,7 @@ class TokenSurfaces:
         if joined != b"a" and joined.endswith(b"a"):
             self.dummy_prefix = joined[:-1]
         if not self._round_trips():
-            self._kind = "decode"
+            self.kind = "decode"
             self._bytes.clear()
 
     # -- surfaces -------------------------------------------------------------------------------
@@ -108,15 +108,15 @@ class TokenSurfaces:
         if piece is None:
             return b""
         byte = _BYTE_PIECE.match(piece)
-        if byte and self._kind != "byte_level":
+        if byte and self.kind != "byte_level":
             return bytes([int(byte.group(1), 16)])
         if token_id in self._added:
             return self._added[token_id].encode()
-        if self._kind == "byte_level":
+        if self.kind == "byte_level":
             table = _byte_level_decoder()
             if all(c in table for c in piece):
                 return bytes(table[c] for c in piece)
-        elif self._kind == "metaspace":
+        elif self.kind == "metaspace":
             return piece.replace("▁", " ").encode()
         return self._decode_behind_anchor(token_id)
 
@@ -346,3 +346,32 @@ def align_text(text: str, draft_tokenizer, target_tokenizer, band: int = 8) -> A
     draft = surfaces_for(draft_tokenizer)
     target = surfaces_for(target_tokenizer)
     return align_tokens(draft, _encode_bare(draft, text), target, _encode_bare(target, text), band)
+
+
+# -- pair facts ---------------------------------------------------------------------------------------
+TOKENIZER_FAMILIES = {"byte_level": "byte-level BPE (Ġ)", "metaspace": "SentencePiece-style (▁)",
+                      "decode": "other (surfaces by decoding)"}
+
+
+def vocabulary_strings(surfaces: TokenSurfaces) -> set[str]:
+    """Every ordinary token's string with space markers turned into spaces (special tokens left out)."""
+    return {surfaces.bytes_of(i).decode("utf-8", errors="replace") for i in range(len(surfaces.tokenizer))
+            if i not in surfaces.special_ids}
+
+
+def pair_facts(draft_tokenizer, target_tokenizer) -> dict:
+    """Vocabulary sizes, their exact-string overlap, tokenizer families, and whether they are one tokenizer."""
+    draft, target = surfaces_for(draft_tokenizer), surfaces_for(target_tokenizer)
+    draft_strings, target_strings = vocabulary_strings(draft), vocabulary_strings(target)
+    overlap = len(draft_strings & target_strings)
+    same = draft_tokenizer.get_vocab() == target_tokenizer.get_vocab()
+    return {
+        "draft_vocab": len(draft_tokenizer),
+        "target_vocab": len(target_tokenizer),
+        "overlap": overlap,
+        "overlap_of_draft": overlap / max(1, len(draft_strings)),
+        "overlap_of_target": overlap / max(1, len(target_strings)),
+        "draft_family": TOKENIZER_FAMILIES[draft.kind],
+        "target_family": TOKENIZER_FAMILIES[target.kind],
+        "same_tokenizer": same,
+    }
