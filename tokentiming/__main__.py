@@ -176,8 +176,12 @@ def main(argv=None) -> int:
     rank.add_argument("--device", default="auto")
     rank.add_argument("--dtype", default="auto")
 
+    from .fetch import add_fetch_command, run_fetch_command
+
+    add_fetch_command(commands)
+
     args = parser.parse_args(argv)
-    handlers = {"generate": _generate, "bench": _bench, "rank-drafts": _rank_drafts}
+    handlers = {"generate": _generate, "bench": _bench, "rank-drafts": _rank_drafts, "fetch": run_fetch_command}
     try:
         return handlers[args.command](args)
     except ValueError as error:
