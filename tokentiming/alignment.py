@@ -251,9 +251,13 @@ def _encode_bare(surfaces: TokenSurfaces, text: str) -> list[int]:
 
 
 def draft_text(surfaces: TokenSurfaces, draft_ids: list[int]) -> str:
-    """Text of freshly drafted tokens, holding back an unfinished UTF-8 character at the end."""
+    """Text of freshly drafted tokens: it holds back an unfinished UTF-8 character at the end and stops
+    before any byte that is not valid UTF-8 (never propose a U+FFFD the draft did not write)."""
     complete, _ = split_incomplete(surfaces.join(draft_ids))
-    return complete.decode("utf-8", errors="replace")
+    try:
+        return complete.decode()
+    except UnicodeDecodeError as error:
+        return complete[:error.start].decode()
 
 
 def tokens_covering(surfaces: TokenSurfaces, ids: list[int], length: int) -> int:

