@@ -131,7 +131,7 @@ def round_view(rounds: list, band: int, index: int):
     return figures.round_heatmap(trace, band), figures.round_mapping(trace), detail
 
 
-def generate(target_spec, draft_spec, prompt, chat, max_new_tokens, temperature, top_p, num_draft_tokens, adaptive,
+def generate_live(target_spec, draft_spec, prompt, chat, max_new_tokens, temperature, top_p, num_draft_tokens, adaptive,
              band, verifier, seed, compare, progress=gr.Progress(track_tqdm=True)):
     """Stream a TokenTiming generation round by round (then, if asked, the target alone)."""
     try:
@@ -157,7 +157,7 @@ def generate(target_spec, draft_spec, prompt, chat, max_new_tokens, temperature,
             runs["target alone"] = reference_rounds
         heatmap, mapping, detail = round_view(rounds, band, len(rounds) - 1)
         return (figures.text_html(rounds), stats_markdown(stats, reference),
-                gr.Slider(minimum=0, maximum=max(0, len(rounds) - 1), value=max(0, len(rounds) - 1), step=1),
+                gr.Slider(minimum=0, maximum=max(1, len(rounds) - 1), value=max(0, len(rounds) - 1), step=1),
                 heatmap, mapping, detail, figures.acceptance_figure(rounds), figures.throughput_figure(runs),
                 {"rounds": rounds, "band": band})
 
@@ -289,7 +289,7 @@ def build_app() -> gr.Blocks:
             stats = gr.Markdown(elem_id="stats")
             text = gr.HTML(label="Output", elem_id="output-text")
             state = gr.State({"rounds": [], "band": 8})
-            round_slider = gr.Slider(0, 0, 0, step=1, label="Round to inspect", elem_id="round-slider")
+            round_slider = gr.Slider(0, 1, 0, step=1, label="Round to inspect", elem_id="round-slider")
             round_detail = gr.Markdown(elem_id="round-detail")
             with gr.Row():
                 heatmap = gr.Plot(label="DTW cost matrix", elem_id="heatmap")
@@ -301,7 +301,7 @@ def build_app() -> gr.Blocks:
             load_button.click(load_pair, [target_box, draft_box], [target_status, draft_status, facts],
                               api_visibility="private")
             run_event = run_button.click(
-                generate, [target_box, draft_box, prompt, chat, max_new_tokens, temperature, top_p, num_draft_tokens,
+                generate_live, [target_box, draft_box, prompt, chat, max_new_tokens, temperature, top_p, num_draft_tokens,
                            adaptive, band, verifier, seed, compare],
                 [text, stats, round_slider, heatmap, mapping, round_detail, acceptance, throughput, state],
                 api_visibility="private", concurrency_limit=1, concurrency_id="models")

@@ -37,7 +37,7 @@ class RoundTrace:
     new_text: str  # the text this round committed (whole characters only)
     draft_forwards: int
     timings: dict[str, float] = field(default_factory=dict)  # draft_ms, reencode_us, align_us, verify_ms, resync_us
-    elapsed_s: float = 0.0  # since the start of the generation, at the end of this round
+    elapsed_s: float = 0.0  # generating time so far (prefill included), at the end of this round
     new_tokens_total: int = 0  # target tokens written so far, this round included
 
     @property
