@@ -28,7 +28,8 @@ from tokentiming.models import load, load_tokenizer, model_choices, pair_from_en
 from tokentiming.trace import run_stats  # noqa: E402
 from tokentiming.verification import VERIFIERS  # noqa: E402
 
-UPDATE_EVERY_S = 0.2  # at most this often the page is redrawn while rounds stream in
+UPDATE_EVERY_S = 0.5  # how often the text and statistics are redrawn while rounds stream in
+PLOTS_EVERY_S = 2.0  # the plots cost the browser far more to redraw
 EXAMPLES = [
     ["def quicksort(items):", False],
     ["Write a Python function that checks whether a string is a palindrome.", True],
@@ -146,33 +147,39 @@ def generate_live(target_spec, draft_spec, prompt, chat, max_new_tokens, tempera
     except Exception as error:
         raise _user_error(error) from error
 
-    rounds, reference_rounds, last = [], [], 0.0
+    rounds, reference_rounds = [], []
     band = int(band)
+    last_text = last_plots = 0.0
 
     def view(done: bool):
+        nonlocal last_text, last_plots
+        last_text = time.perf_counter()
         stats = run_stats(rounds, rounds[-1].elapsed_s if rounds else 0.0)
         reference = run_stats(reference_rounds, reference_rounds[-1].elapsed_s) if reference_rounds and done else None
+        text = (figures.text_html(rounds), stats_markdown(stats, reference))
+        if not done and last_text - last_plots < PLOTS_EVERY_S:
+            return text + (gr.skip(),) * 7
+        last_plots = last_text
         runs = {"TokenTiming": rounds}
         if reference_rounds:
             runs["target alone"] = reference_rounds
         heatmap, mapping, detail = round_view(rounds, band, len(rounds) - 1)
-        return (figures.text_html(rounds), stats_markdown(stats, reference),
-                gr.Slider(minimum=0, maximum=max(1, len(rounds) - 1), value=max(0, len(rounds) - 1), step=1),
-                heatmap, mapping, detail, figures.acceptance_figure(rounds), figures.throughput_figure(runs),
-                {"rounds": rounds, "band": band})
+        slider = gr.Slider(minimum=0, maximum=max(1, len(rounds) - 1), value=max(0, len(rounds) - 1), step=1)
+        return text + (slider, heatmap, mapping, detail, figures.acceptance_figure(rounds),
+                       figures.throughput_figure(runs), {"rounds": rounds, "band": band})
+
+    def due() -> bool:
+        return time.perf_counter() - last_text > UPDATE_EVERY_S
 
     try:
         for trace in stream:
             rounds.append(trace)
-            if time.perf_counter() - last > UPDATE_EVERY_S:
-                last = time.perf_counter()
+            if due():
                 yield view(False)
         if compare:
-            yield view(False)
             for trace in stream_autoregressive(target.model, target.tokenizer, message, **options):
                 reference_rounds.append(trace)
-                if time.perf_counter() - last > UPDATE_EVERY_S:
-                    last = time.perf_counter()
+                if due():
                     yield view(False)
     except Exception as error:
         raise _user_error(error) from error
@@ -276,7 +283,7 @@ def build_app() -> gr.Blocks:
                         run_button = gr.Button("Generate", variant="primary", elem_id="generate")
                         stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
                 with gr.Column(scale=1):
-                    max_new_tokens = gr.Slider(1, 512, 64, step=1, label="Max new tokens")
+                    max_new_tokens = gr.Slider(1, 512, 64, step=1, label="Max new tokens", elem_id="max-new-tokens")
                     temperature = gr.Slider(0, 2, 0, step=0.05, label="Temperature (0 = greedy)")
                     top_p = gr.Slider(0.05, 1, 1, step=0.05, label="Top-p")
                     num_draft_tokens = gr.Slider(1, MAX_DRAFT_TOKENS, 5, step=1, label="Draft tokens per round")
@@ -306,8 +313,9 @@ def build_app() -> gr.Blocks:
                 [text, stats, round_slider, heatmap, mapping, round_detail, acceptance, throughput, state],
                 api_visibility="private", concurrency_limit=1, concurrency_id="models")
             stop_button.click(None, cancels=[run_event], api_visibility="private")
-            round_slider.change(show_round, [state, round_slider], [heatmap, mapping, round_detail],
-                                api_visibility="private", queue=False)
+            # .input: only a person moving the slider, not the updates that follow the stream
+            round_slider.input(show_round, [state, round_slider], [heatmap, mapping, round_detail],
+                               api_visibility="private", queue=False)
 
         with gr.Tab("Alignment playground"):
             gr.Markdown("Tokenise any text with two tokenizers (no model weights) and see how DTW maps one onto the "

@@ -81,8 +81,8 @@ def test_browser_generate_inspect_and_errors(server):
         page = browser.new_page(viewport={"width": 1400, "height": 2200})
         page.goto(server)
         page.click("#load")
-        expect(page.locator("#target-status")).to_contain_text("tiny-target", timeout=60_000)
-        expect(page.locator("#pair-facts")).to_contain_text("byte-level BPE")
+        expect(page.locator("#target-status")).to_contain_text("M parameters", timeout=60_000)
+        expect(page.locator("#pair-facts")).to_contain_text("byte-level BPE", timeout=60_000)
 
         page.click("#generate")
         expect(page.locator("#stats")).to_contain_text("Target alone", timeout=120_000)
@@ -103,6 +103,20 @@ def test_browser_generate_inspect_and_errors(server):
         assert plot_title("#heatmap").startswith("Round 0")
         page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
 
+        # Stop: a long generation is cancelled and the page stays usable.
+        limit = page.locator("#max-new-tokens input[type=number]")
+        limit.fill("512")
+        limit.press("Enter")
+        before = page.locator("#stats").inner_text()
+        page.click("#generate")
+        page.wait_for_function(f"!document.querySelector('#stats').innerText.includes({before!r})", timeout=60_000)
+        page.locator("#stop").click(timeout=90_000)
+        page.wait_for_timeout(1500)
+        stopped = page.locator("#stats").inner_text()
+        page.wait_for_timeout(3000)
+        assert page.locator("#stats").inner_text() == stopped, "generation went on after Stop"
+        assert "512 tokens" not in stopped
+
         spec = page.locator("#target-spec input")
         spec.fill("not a model!")
         spec.press("Enter")
@@ -111,7 +125,7 @@ def test_browser_generate_inspect_and_errors(server):
         spec.fill("tiny-target")
         spec.press("Enter")
         page.click("#load")
-        expect(page.locator("#target-status")).to_contain_text("tiny-target", timeout=60_000)
+        expect(page.locator("#target-status")).to_contain_text("M parameters", timeout=60_000)
 
         page.get_by_role("tab", name="Alignment playground").click()
         page.click("#align")
