@@ -174,7 +174,7 @@ def test_draft_context_always_spells_the_committed_text(target, draft, prompt, r
         assert draft_ids[:valid] == before[:valid]
         # The draft spells the committed text exactly; bytes that are not valid UTF-8 (a target may write half a
         # character and move on) reach it as U+FFFD.
-        assert draft.join(draft_ids[draft_prompt:]).decode() == complete.decode("utf-8", errors="replace")
+        assert draft.join(draft_ids[draft_prompt:]).decode("utf-8", errors="replace") == complete.decode("utf-8", errors="replace")
         assert target.join(target_ids[target_prompt:]) == committed
 
 

@@ -111,4 +111,4 @@ def test_reencode_and_resync_across_real_families(families, data):
         synced = len(complete)
         # The draft spells the committed text exactly; bytes that are not valid UTF-8 (a target may write half a
         # character and move on) reach it as U+FFFD.
-        assert draft.join(draft_ids[draft_prompt:]).decode() == complete.decode("utf-8", errors="replace")
+        assert draft.join(draft_ids[draft_prompt:]).decode("utf-8", errors="replace") == complete.decode("utf-8", errors="replace")

@@ -280,7 +280,7 @@ def kept_draft_prefix(surfaces: TokenSurfaces, drafted: list[int], committed: by
         if committed[position:position + len(piece)] != piece:
             break
         position += len(piece)
-        if _is_char_start(committed, position):
+        if not split_incomplete(committed[:position])[1]:  # ends on a whole character
             keep = n
     return keep
 

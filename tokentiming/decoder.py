@@ -364,6 +364,6 @@ def finish(rounds: Iterator[RoundTrace], tokenizer, stop_ids) -> Generation:
     traces = list(rounds)
     token_ids = [t for trace in traces for t in trace.new_token_ids]
     stop_reason = "eos" if token_ids and token_ids[-1] in stop_ids else "max_new_tokens"
-    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    text = tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return Generation(token_ids=token_ids, text=text, rounds=traces,
                       stats=run_stats(traces, traces[-1].elapsed_s if traces else 0.0), stop_reason=stop_reason)
