@@ -176,7 +176,7 @@ class _Run:
         draft_start = len(self.draft.ids) if self.draft is not None else 0
         if self.draft is not None and budget > 1:
             tic = time.perf_counter()
-            drafted, draft_probs, draft_forwards = self.draft_tokens()
+            drafted, draft_probs, draft_forwards = self.draft_tokens(min(self.num_draft_tokens, budget - 1))
             timings["draft_ms"] = (time.perf_counter() - tic) * 1e3
             tic = time.perf_counter()
             proxies = self.proxy_tokens(drafted)[:budget - 1]
@@ -215,12 +215,12 @@ class _Run:
         )
 
     # 1. draft
-    def draft_tokens(self) -> tuple[list[int], list[float], int]:
+    def draft_tokens(self, k: int) -> tuple[list[int], list[float], int]:
         """Up to k draft tokens from the draft context; stops at the draft's special tokens."""
         draft = self.draft
         sampled = self.verifier == "transfer" and not self.sampling.greedy
         drafted, probs = [], []
-        for forwards in range(1, self.num_draft_tokens + 1):
+        for forwards in range(1, k + 1):
             logits = draft.logits()[-1]
             distribution = (self.sampling if sampled else Sampling()).probs(logits)
             if sampled:
