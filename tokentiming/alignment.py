@@ -301,6 +301,14 @@ def resync(surfaces: TokenSurfaces, context_ids: list[int], drafted: list[int], 
     return kept + extra, len(kept)
 
 
+def proxy_to_draft(warping_path: np.ndarray, proxies: int) -> list[list[int]]:
+    """For each of ``proxies`` proxy tokens, the draft token indices the warping path maps it to."""
+    mapping: list[list[int]] = [[] for _ in range(proxies)]
+    for i, j in warping_path:
+        mapping[j].append(int(i))
+    return mapping
+
+
 # -- alignment ----------------------------------------------------------------------------------------
 @dataclass
 class Alignment:
@@ -318,10 +326,7 @@ class Alignment:
     @property
     def proxy_to_draft(self) -> list[list[int]]:
         """For each proxy token, the draft token indices it is aligned with."""
-        mapping: list[list[int]] = [[] for _ in self.proxy_token_ids]
-        for i, j in self.warping_path:
-            mapping[j].append(int(i))
-        return mapping
+        return proxy_to_draft(self.warping_path, len(self.proxy_token_ids))
 
     @property
     def path_cost(self) -> float:

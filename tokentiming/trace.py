@@ -11,6 +11,8 @@ from statistics import fmean
 
 import numpy as np
 
+from .alignment import proxy_to_draft
+
 #: How the emitted token of a round came about.
 CORRECTION = "correction"  # the target rejected a proxy and wrote its own token instead
 BONUS = "bonus"  # every proxy was accepted; the target adds one more token
@@ -56,10 +58,7 @@ class RoundTrace:
     @property
     def proxy_to_draft(self) -> list[list[int]]:
         """For each proxy token, the draft token indices the warping path maps it to."""
-        mapping: list[list[int]] = [[] for _ in self.proxy_token_ids]
-        for i, j in self.warping_path:
-            mapping[j].append(int(i))
-        return mapping
+        return proxy_to_draft(self.warping_path, len(self.proxy_token_ids))
 
 
 @dataclass
