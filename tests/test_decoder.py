@@ -121,7 +121,7 @@ def test_sampled_first_tokens_follow_the_target_distribution(decoder, tiny_targe
     """Chi-square of the first written token against the target's exact distribution, with enough
     samples that shifting 2% of probability onto the draft's proposal would fail."""
     model, tokenizer = tiny_target
-    prompt, temperature, samples = "class IllegalWeekdayError(ValueError):\n    def __init__(self, weekday):\n", 1.0, 12_000
+    prompt, temperature, samples = "class IllegalWeekdayError(ValueError):\n    def __init__(self, weekday):\n", 1.0, 15_000
     with torch.inference_mode():
         logits = model(torch.tensor([render_prompt(tokenizer, prompt)])).logits[0, -1]
     exact = Sampling(temperature).probs(logits).double().numpy()
@@ -134,12 +134,12 @@ def test_sampled_first_tokens_follow_the_target_distribution(decoder, tiny_targe
     observed = np.append(np.bincount(firsts, minlength=len(exact))[bins], np.isin(firsts, bins, invert=True).sum())
     expected = np.append(exact[bins], 1 - exact[bins].sum()) * samples
     assert chisquare(observed, expected * observed.sum() / expected.sum()).pvalue > 1e-3
-    # The proposal's own frequency, binomially: within noise of p, and far (> 3.3 standard errors, two-sided
-    # p < 1e-3) from p + 0.02 -- so a 2% shift towards the proposal would have failed this test.
+    # The proposal's own frequency, binomially: within 3.3 standard errors of p (two-sided level 1e-3). The sample
+    # size is chosen so that a 2% shift of that probability would be caught with at least 95% power.
     frequency = float(np.mean(firsts == proposal))
     error = np.sqrt(exact[proposal] * (1 - exact[proposal]) / samples)
     assert abs(frequency - exact[proposal]) < 3.3 * error
-    assert abs(frequency - (exact[proposal] + 0.02)) > 3.3 * error
+    assert 0.02 > (3.3 + 1.645) * error
 
 
 def test_seeds_make_sampling_reproducible(decoder):
