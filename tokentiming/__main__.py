@@ -17,7 +17,7 @@ def _generate(args) -> int:
     target_model, target_tokenizer = load(args.target, device=args.device, dtype=args.dtype,
                                           trust_remote_code=args.trust_remote_code)
     sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                    top_p=args.top_p, seed=args.seed)
+                    top_p=args.top_p, seed=args.seed, static=args.static)
     if args.method == "ar":
         rounds = stream_autoregressive(target_model, target_tokenizer, prompt, **sampling)
     else:
@@ -144,6 +144,8 @@ def main(argv=None) -> int:
     gen.add_argument("--adaptive", action="store_true", help="stop drafting early when the draft is unsure")
     gen.add_argument("--method", choices=("tokentiming", "ar"), default="tokentiming")
     gen.add_argument("--seed", type=int)
+    gen.add_argument("--static", action="store_true",
+                     help="static KV caches, replayed from CUDA graphs on a GPU (full-attention models)")
     gen.add_argument("--device", default="auto")
     gen.add_argument("--dtype", default="auto")
     gen.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a model (off by default)")
@@ -153,7 +155,9 @@ def main(argv=None) -> int:
     bench.add_argument("--draft", required=True)
     bench.add_argument("--prompts", help="JSONL: {category, prompt, chat} lines or Spec-Bench questions")
     bench.add_argument("--categories", help="comma-separated categories to keep")
-    bench.add_argument("--methods", default="ar,hf-ar,tokentiming,hf-uag")
+    bench.add_argument("--methods", default="ar,hf-ar,tokentiming,hf-uag",
+                       help="comma-separated, from: ar, hf-ar, tokentiming, hf-uag, ar-static, tokentiming-static "
+                            "(the -static methods use static KV caches and CUDA graphs on a GPU)")
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--temperature", type=float, default=0.0)
     bench.add_argument("--top-p", type=float, default=1.0)

@@ -2,8 +2,9 @@
 
 Methods: ``ar`` (target alone, our loop), ``hf-ar`` (transformers ``generate`` alone), ``tokentiming`` (ours)
 and ``hf-uag`` (transformers' assisted generation across tokenizers: string-level matching when greedy, its
-vocabulary-intersection path when sampling). Forward passes are counted with hooks on the models, so every
-method's tau is measured the same way.
+vocabulary-intersection path when sampling). ``ar-static`` and ``tokentiming-static`` run our loops on static
+KV caches replayed from CUDA graphs on a GPU (:mod:`tokentiming.kv`). Our loops count their own forward passes
+(graph replays never call the model's ``forward``); transformers' are counted with hooks on the models.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from .decoder import TokenTimingDecoder, autoregressive, render_prompt
 from .verification import Sampling
 
-METHODS = ("ar", "hf-ar", "tokentiming", "hf-uag")
+METHODS = ("ar", "hf-ar", "tokentiming", "hf-uag", "ar-static", "tokentiming-static")
 BUILTIN_PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "prompts.jsonl"
 #: transformers' sampling path across tokenizers is not lossless (see the fidelity column).
 NOT_LOSSLESS_WHEN_SAMPLING = {"hf-uag"}
@@ -115,16 +116,15 @@ class Bench:
         _synchronise()
         start = time.perf_counter()
         extra = {}
-        if method == "ar":
+        base, static = method.removesuffix("-static"), method.endswith("-static")
+        if base == "ar":
             generation = autoregressive(self.target_model, self.target_tokenizer, prompt.message, max_new_tokens,
-                                        self.temperature, 0, self.top_p, seed)
-            token_ids = generation.token_ids
-        elif method == "tokentiming":
+                                        self.temperature, 0, self.top_p, seed, static=static)
+        elif base == "tokentiming":
             generation = self.decoder.generate(prompt.message, max_new_tokens=max_new_tokens,
                                                temperature=self.temperature, top_p=self.top_p,
                                                num_draft_tokens=self.num_draft_tokens, band=self.band,
-                                               adaptive=self.adaptive, seed=seed)
-            token_ids = generation.token_ids
+                                               adaptive=self.adaptive, seed=seed, static=static)
             extra = dict(proposed=generation.stats["proposed"], accepted=generation.stats["accepted"],
                          align_us=[r.timings["align_us"] for r in generation.rounds if "align_us" in r.timings])
         elif method in ("hf-ar", "hf-uag"):
@@ -133,10 +133,13 @@ class Bench:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         _synchronise()
         wall = time.perf_counter() - start
-        # our loops prefill the prompt in one extra forward that is not a decoding step
-        prefill = 1 if method in ("ar", "tokentiming") else 0
-        return Run(method, prompt.category, -1, -1, token_ids, wall, self.target_counter.take() - prefill,
-                   max(0, self.draft_counter.take() - (prefill if method == "tokentiming" else 0)), **extra)
+        if base in ("ar", "tokentiming"):
+            # one target forward per round (the prompt's prefill is not a decoding step)
+            token_ids = generation.token_ids
+            forwards = len(generation.rounds), sum(r.draft_forwards for r in generation.rounds)
+        else:
+            forwards = self.target_counter.take(), self.draft_counter.take()
+        return Run(method, prompt.category, -1, -1, token_ids, wall, *forwards, **extra)
 
     def _transformers(self, method: str, prompt: Prompt, max_new_tokens: int, seed: int) -> list[int]:
         ids = torch.tensor([render_prompt(self.target_tokenizer, prompt.message)], device=self.target_model.device)
@@ -171,13 +174,13 @@ def interleaved(prompts: list[Prompt], methods: list[str], repeats: int):
 
 
 def run_benchmark(bench: Bench, prompts: list[Prompt], methods: list[str], repeats: int = 1,
-                  progress=None) -> list[Run]:
-    """Warm every method up, then run them interleaved prompt by prompt."""
+                  progress=None, warmup_tokens: int = 8) -> list[Run]:
+    """Warm every method up (``warmup_tokens`` on the first prompt), then run them interleaved prompt by prompt."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
     for method in methods:
-        bench.run(method, prompts[0], max_new_tokens=min(8, bench.max_new_tokens))
+        bench.run(method, prompts[0], max_new_tokens=min(warmup_tokens, bench.max_new_tokens))
     runs = []
     order = list(interleaved(prompts, methods, repeats))
     for step, (repeat, index, method) in enumerate(order):
@@ -299,7 +302,10 @@ def write_report(out: Path, runs, summary, identical, fidelity_rows, settings) -
     report = {"settings": settings, "summary": summary, "identical_to_target": identical, "fidelity": fidelity_rows,
               "runs": [asdict(r) for r in runs]}
     (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    fig = speedup_figure(summary)
+    try:
+        fig = speedup_figure(summary)
+    except ImportError:  # plotly is optional for headless benchmark machines
+        return report
     fig.write_html(out / "speedup.html", include_plotlyjs="cdn")
     try:
         fig.write_image(out / "speedup.png")

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from . import dtw
 from .alignment import (TokenSurfaces, align_tokens, draft_text, reencode, resync, split_incomplete,
                         surfaces_for, tokens_covering)
+from .kv import BUCKETS, DynamicKV, StaticKV, static_kv
 from .trace import BONUS, CORRECTION, TARGET, Generation, RoundTrace, run_stats
 from .verification import VERIFIERS, Sampling, verify_greedy, verify_tokentiming, verify_transfer
 
@@ -88,19 +88,20 @@ class ModelContext:
     """One model, its token ids (prompt + generated) and a KV cache over a prefix of them.
 
     The cache always holds fewer tokens than ``ids``: the tokens it lacks are fed on the next call.
+    ``kv`` is a :mod:`tokentiming.kv` backend; by default a fresh eager cache.
     """
 
-    def __init__(self, model, tokenizer, prompt_ids: list[int]):
+    def __init__(self, model, tokenizer, prompt_ids: list[int], kv: DynamicKV | StaticKV | None = None):
         self.model = model
         self.surfaces: TokenSurfaces = surfaces_for(tokenizer)
-        self.device = next(model.parameters()).device
+        self.kv = kv if kv is not None else DynamicKV(model)
+        self.device = self.kv.device
         self.ids = list(prompt_ids)
         self.prompt_length = len(prompt_ids)
-        self.cache = DynamicCache(config=model.config)
 
     @property
     def cached(self) -> int:
-        return self.cache.get_seq_length()
+        return self.kv.length
 
     @property
     def generated(self) -> list[int]:
@@ -109,20 +110,26 @@ class ModelContext:
     def prefill(self) -> None:
         """Put every prompt token but the last into the cache."""
         if len(self.ids) > 1:
-            self.model(torch.tensor([self.ids[:-1]], device=self.device), cache=self.cache, logits_to_keep=1)
+            self.kv.forward(self.ids[:-1], keep=1)
 
     def logits(self, extra: list[int] = (), keep: int = 1) -> torch.Tensor:
         """Run the model over the uncached ids followed by ``extra``; logits of the last ``keep`` positions."""
-        inputs = self.ids[self.cached:] + list(extra)
-        output = self.model(torch.tensor([inputs], device=self.device), cache=self.cache, logits_to_keep=keep)
-        return output.logits[0]
+        return self.kv.forward(self.ids[self.cached:] + list(extra), keep=keep)
 
     def rewrite(self, ids: list[int], valid: int) -> None:
         """Replace the ids; the cache keeps at most the first ``valid`` tokens (those unchanged)."""
         self.ids = ids
-        keep = min(self.cached, valid, len(ids) - 1)
-        if self.cached > keep:
-            self.cache.crop(keep - self.cached)
+        self.kv.truncate(min(self.cached, valid, len(ids) - 1))
+
+
+def _context(model, tokenizer, prompt, role: str, static: bool, max_new_tokens: int) -> ModelContext:
+    """A context for one generation; with ``static``, on the model's reusable static cache."""
+    prompt_ids = render_prompt(tokenizer, prompt)
+    if not static:
+        return ModelContext(model, tokenizer, prompt_ids)
+    # Room for the prompt, the new tokens in a draft tokenizer up to 4x finer, and one padded draft.
+    capacity = len(prompt_ids) + 4 * max_new_tokens + 2 * BUCKETS[-1]
+    return ModelContext(model, tokenizer, prompt_ids, static_kv(model, role, capacity))
 
 
 # -- the round ----------------------------------------------------------------------------------------
@@ -320,17 +327,18 @@ class TokenTimingDecoder:
 
     def stream(self, prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
                top_p: float = 1.0, num_draft_tokens: int = 5, band: int = 8, verifier: str = "tokentiming",
-               seed: int | None = None, adaptive: bool = False) -> Iterator[RoundTrace]:
+               seed: int | None = None, adaptive: bool = False, static: bool = False) -> Iterator[RoundTrace]:
         """Yield one :class:`RoundTrace` per round as it completes.
 
         ``verifier``: "tokentiming" (lossless, default), "greedy" (needs temperature 0) or
         "transfer" (experimental, lossy). ``adaptive`` stops drafting early when the draft is unsure.
-        Arguments are checked before anything runs.
+        ``static`` runs both models on static KV caches, replayed from CUDA graphs on a GPU
+        (:mod:`tokentiming.kv`); full-attention models only. Arguments are checked before anything runs.
         """
         sampling = Sampling(temperature, top_k, top_p)
         _check(max_new_tokens, num_draft_tokens, band, verifier, sampling)
-        run = _Run(ModelContext(self.target_model, self.target_tokenizer, render_prompt(self.target_tokenizer, prompt)),
-                   ModelContext(self.draft_model, self.draft_tokenizer, render_prompt(self.draft_tokenizer, prompt)),
+        run = _Run(_context(self.target_model, self.target_tokenizer, prompt, "target", static, max_new_tokens),
+                   _context(self.draft_model, self.draft_tokenizer, prompt, "draft", static, max_new_tokens),
                    stop_ids=self.stop_ids, sampling=sampling, max_new_tokens=max_new_tokens,
                    num_draft_tokens=num_draft_tokens, band=band, verifier=verifier, adaptive=adaptive, seed=seed)
         return run.rounds()
@@ -341,19 +349,20 @@ class TokenTimingDecoder:
 
 
 def autoregressive(target_model, target_tokenizer, prompt, max_new_tokens: int = 128, temperature: float = 0.0,
-                   top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> Generation:
+                   top_k: int = 0, top_p: float = 1.0, seed: int | None = None, static: bool = False) -> Generation:
     """Target-only decoding, one token per forward, on the same caches and sampling code."""
     return finish(stream_autoregressive(target_model, target_tokenizer, prompt, max_new_tokens, temperature,
-                                        top_k, top_p, seed), target_tokenizer, eos_ids(target_model, target_tokenizer))
+                                        top_k, top_p, seed, static),
+                  target_tokenizer, eos_ids(target_model, target_tokenizer))
 
 
 def stream_autoregressive(target_model, target_tokenizer, prompt, max_new_tokens: int = 128,
                           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                          seed: int | None = None) -> Iterator[RoundTrace]:
+                          seed: int | None = None, static: bool = False) -> Iterator[RoundTrace]:
     """Target-only decoding, one :class:`RoundTrace` per token."""
     sampling = Sampling(temperature, top_k, top_p)
     _check(max_new_tokens, 1, 0, "tokentiming", sampling)
-    run = _Run(ModelContext(target_model.eval(), target_tokenizer, render_prompt(target_tokenizer, prompt)), None,
+    run = _Run(_context(target_model.eval(), target_tokenizer, prompt, "target", static, max_new_tokens), None,
                stop_ids=eos_ids(target_model, target_tokenizer), sampling=sampling, max_new_tokens=max_new_tokens,
                num_draft_tokens=1, band=0, verifier="tokentiming", adaptive=False, seed=seed)
     return run.rounds()

@@ -1,0 +1,118 @@
+"""Cache backends: the static cache (padding, rewinding, growing) must give the eager cache's results.
+
+CUDA graph capture itself needs a GPU (``python -m tokentiming.gpubench`` checks it there: every method's
+greedy ids against the target alone's); here the static cache runs eagerly, with and without padding.
+"""
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from tokentiming import TokenTimingDecoder, autoregressive
+from tokentiming.kv import BUCKETS, DynamicKV, StaticKV, static_kv
+
+PROMPTS = ["def mean(values):\n", "class Point:\n    def __init__(self", "Hello 世界 🙂 naïve", "import os\n"]
+
+
+@pytest.fixture(params=[False, True], ids=["unpadded", "padded"])
+def padded(request, tiny_target, tiny_draft):
+    """The tiny pair's reusable static caches, padded to the graph lengths or not."""
+    for model, role in ((tiny_target[0], "target"), (tiny_draft[0], "draft")):
+        static_kv(model, role, 64).pad = request.param
+    yield request.param
+    for model, role in ((tiny_target[0], "target"), (tiny_draft[0], "draft")):
+        static_kv(model, role, 64).pad = False
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_static_caches_give_the_target_greedy_ids(padded, tiny_target, tiny_draft, prompt):
+    reference = autoregressive(*tiny_target, prompt, max_new_tokens=48).token_ids
+    assert autoregressive(*tiny_target, prompt, max_new_tokens=48, static=True).token_ids == reference
+    decoder = TokenTimingDecoder(*tiny_target, *tiny_draft)
+    for k in (3, 12):
+        generation = decoder.generate(prompt, max_new_tokens=48, num_draft_tokens=k, static=True)
+        assert generation.token_ids == reference
+
+
+def test_static_sampling_matches_dynamic_sampling_for_a_seed(tiny_target, tiny_draft):
+    decoder = TokenTimingDecoder(*tiny_target, *tiny_draft)
+    options = dict(max_new_tokens=32, temperature=0.8, top_p=0.95, seed=7)
+    assert decoder.generate("import os\n", static=True, **options).token_ids == \
+        decoder.generate("import os\n", **options).token_ids
+
+
+def _logits(kv, chunks):
+    return [kv.forward(chunk, keep=len(chunk)) for chunk in chunks]
+
+
+def test_padding_rewinding_and_growing_keep_logits_exact(tiny_target):
+    model = tiny_target[0]
+    ids = torch.randint(10, 1000, (90,), generator=torch.Generator().manual_seed(0)).tolist()
+    chunks = [ids[:20], ids[20:21], ids[21:26], ids[26:29], ids[29:60], ids[60:90]]
+    with torch.inference_mode():
+        expected = _logits(DynamicKV(model), chunks)
+        kv = StaticKV(model, capacity=24, pad=True)  # too small: grows twice on the way
+        got = _logits(kv, chunks)
+        assert kv.capacity >= 90 and kv.length == 90
+        for want, have in zip(expected, got):
+            torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-4)
+        # reject the last 12 tokens, write others: only the kept prefix may be seen
+        kv.truncate(78)
+        other = [5, 6, 7]
+        dynamic = DynamicKV(model)
+        dynamic.forward(ids[:78])
+        torch.testing.assert_close(kv.forward(other, keep=3), dynamic.forward(other, keep=3), rtol=1e-4, atol=1e-4)
+
+
+def test_padding_sizes_are_the_graph_lengths(tiny_target):
+    kv = StaticKV(tiny_target[0], capacity=1024, pad=True)
+    seen = []
+    original = kv.model.forward
+
+    def spy(input_ids, **kwargs):
+        seen.append(input_ids.shape[1])
+        return original(input_ids=input_ids, **kwargs)
+
+    kv.model.forward = spy
+    try:
+        for n in (1, 3, 5, 17, 100, 150):
+            kv.forward(list(range(10, 10 + n)))
+    finally:
+        del kv.model.forward
+    assert seen == [1, 4, 8, 32, 128, 150]  # beyond the largest bucket: run as is
+    assert kv.length == 1 + 3 + 5 + 17 + 100 + 150 and max(BUCKETS) == 128
+
+
+def test_a_reused_static_cache_starts_empty(tiny_target):
+    model = tiny_target[0]
+    first = static_kv(model, "target", 64)
+    first.forward([11, 12, 13])
+    again = static_kv(model, "target", 2000)
+    assert again is first and again.length == 0 and again.capacity >= 2000
+
+
+def test_graphs_need_a_gpu(tiny_target):
+    with pytest.raises(ValueError, match="CUDA"):
+        StaticKV(tiny_target[0], graphs=True)
+
+
+def test_other_architectures_match_on_a_static_cache():
+    """A Qwen2-style model (the presets' family), randomly initialised: static == eager, prompt and decode."""
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    model = Qwen2ForCausalLM(config).eval()
+    ids = torch.randint(0, 300, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    with torch.inference_mode():
+        for a, b in zip(_logits(DynamicKV(model), [ids[:30], ids[30:31], ids[31:40]]),
+                        _logits(StaticKV(model, capacity=64, pad=True), [ids[:30], ids[30:31], ids[31:40]])):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_sliding_window_models_are_refused_with_a_clear_message():
+    config = Qwen2Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True, sliding_window=8,
+                         max_window_layers=0)
+    model = Qwen2ForCausalLM(config).eval()
+    with pytest.raises(ValueError, match="static=False"):
+        StaticKV(model)

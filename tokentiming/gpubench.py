@@ -1,0 +1,124 @@
+"""Self-contained GPU benchmark: train a draft/target pair with different tokenizers, then race the methods.
+
+    python -m tokentiming.gpubench [--out DIR] [--max-new-tokens 128] [--prompts 8] [--quick]
+
+Needs no model files and no network, so it runs on a bare GPU machine. It trains the tiny pair's two
+tokenizers (byte-level BPE for the draft, SentencePiece-style for the target) and two models on the same
+slice of the Python standard library (tokentiming.tinypair), on the GPU, for a couple of minutes: a
+GPT-2-style draft of about 3 M parameters and a Llama-style target of about 180 M. Then it runs every
+method of ``python -m tokentiming bench`` on prompts cut from that text, interleaved, greedy, in fp32:
+target alone (ours, eager and static + CUDA graphs; transformers' ``generate``), TokenTiming (eager and
+static + CUDA graphs) and transformers' assisted generation across tokenizers.
+
+Prompts come from the models' own training text, where the two agree far more than real pairs do on
+real prompts: the acceptance figures here show the machinery's ceiling, not a model pair's. The timing
+differences between methods are what the script is for. ``--quick`` shrinks everything for a CPU smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from . import tinypair
+from .bench import Bench, Prompt, identical_to_target, machine, markdown_table, peak_rss_mb, run_benchmark
+from .bench import summarise, write_report
+
+METHODS = ["ar", "ar-static", "hf-ar", "tokentiming", "tokentiming-static", "hf-uag"]
+
+GPU_PAIR = tinypair.BuildConfig(
+    batch_size=32,
+    draft=tinypair.ModelSpec(name="gpu-draft", width=256, layers=4, heads=4, vocab_size=1280, steps=600, lr=3e-3),
+    target=tinypair.ModelSpec(name="gpu-target", width=1024, layers=16, heads=16, kv_heads=4, mlp=2816,
+                              vocab_size=1792, steps=400, lr=1e-3),
+)
+QUICK_PAIR = replace(tinypair.BuildConfig(), batch_size=4, block_size=64, context=256,
+                     draft=replace(tinypair.BuildConfig().draft, steps=20),
+                     target=replace(tinypair.BuildConfig().target, steps=20))
+
+
+def build_pair(cfg: tinypair.BuildConfig, device: torch.device):
+    """Train both tokenizers, then both models on ``device``; returns ((model, tok), (model, tok))."""
+    documents = tinypair.build_corpus(cfg)
+    pair = []
+    for spec, make_tokenizer, make_model in ((cfg.target, tinypair.train_target_tokenizer, tinypair.make_target_model),
+                                             (cfg.draft, tinypair.train_draft_tokenizer, tinypair.make_draft_model)):
+        tokenizer = make_tokenizer(documents, spec)
+        torch.manual_seed(cfg.seed)
+        model = make_model(spec, tokenizer, cfg).to(device)
+        print(f"{spec.name}: {type(model).__name__}, {tinypair.count_parameters(model) / 1e6:.1f} M parameters, "
+              f"vocab {len(tokenizer)}", flush=True)
+        final = tinypair.train(model, tokenizer, tinypair.training_text(tokenizer, documents), spec, cfg)
+        print(f"{spec.name}: final loss {final:.3f}", flush=True)
+        tinypair.set_generation_config(model, tokenizer)
+        pair.append((model.eval(), tokenizer))
+    return pair[0], pair[1], documents
+
+
+def corpus_prompts(documents: list[str], count: int, chars: int = 160, seed: int = 0) -> list[Prompt]:
+    """``count`` prompts: ``chars`` characters of code starting at a line start, ending at a line end."""
+    rng = random.Random(seed)
+    code = [doc for doc in documents[:-2] if len(doc) > 4 * chars]  # the stdlib modules, not prose/unicode
+    prompts = []
+    while len(prompts) < count:
+        doc = rng.choice(code)
+        start = doc.index("\n", rng.randrange(len(doc) - 2 * chars)) + 1
+        end = doc.rfind("\n", start, start + chars)
+        if end > start + chars // 2:
+            prompts.append(Prompt("code", doc[start:end + 1], chat=False))
+    return prompts
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("gpu-bench-out"))
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--num-draft-tokens", type=int, default=8)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--quick", action="store_true", help="tiny models and few tokens: a smoke test on any device")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 everywhere: the methods must agree token for token
+    started = time.perf_counter()
+    cfg = QUICK_PAIR if args.quick else GPU_PAIR
+    target, draft, documents = build_pair(cfg, device)
+    print(f"pair built in {time.perf_counter() - started:.0f}s on {machine()}", flush=True)
+
+    prompts = corpus_prompts(documents, args.prompts)
+    methods = args.methods.split(",")
+    bench = Bench(target, draft, max_new_tokens=args.max_new_tokens, num_draft_tokens=args.num_draft_tokens)
+    tic = time.perf_counter()
+    runs = run_benchmark(bench, prompts, methods, args.repeats, warmup_tokens=args.max_new_tokens,
+                         progress=lambda step, total, method, _: print(f"  {step}/{total} {method}", end="\r"))
+    print(f"\nbenchmark ran in {time.perf_counter() - tic:.0f}s")
+    summary = summarise(runs, methods)
+    identical = identical_to_target(runs, methods)
+    settings = {"target": f"{cfg.target.name} ({tinypair.count_parameters(target[0]) / 1e6:.0f} M, trained here)",
+                "draft": f"{cfg.draft.name} ({tinypair.count_parameters(draft[0]) / 1e6:.1f} M, trained here)",
+                "max_new_tokens": args.max_new_tokens, "temperature": 0.0, "dtype": "float32",
+                "repeats": args.repeats, "machine": machine(), "peak_rss_mb": peak_rss_mb(),
+                "num_draft_tokens": args.num_draft_tokens, "prompts": len(prompts),
+                "command": "python -m tokentiming.gpubench" + (" --quick" if args.quick else "")}
+    write_report(args.out, runs, summary, identical, None, settings)
+    for static in (False, True):
+        rounds = bench.decoder.generate(prompts[0].text, max_new_tokens=args.max_new_tokens, static=static,
+                                        num_draft_tokens=args.num_draft_tokens).rounds
+        phases = {key: statistics.median(r.timings[key] for r in rounds if key in r.timings)
+                  for key in ("draft_ms", "reencode_us", "align_us", "verify_ms", "resync_us")}
+        print(f"tokentiming{'-static' if static else ''}: {len(rounds)} rounds, median per round: "
+              + ", ".join(f"{key} {value:.2f}" for key, value in phases.items()))
+    print(markdown_table(summary, identical, None, settings))
+    print(f"total {time.perf_counter() - started:.0f}s; report in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
