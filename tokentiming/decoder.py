@@ -18,6 +18,7 @@ from . import dtw
 from .alignment import (TokenSurfaces, align_tokens, draft_text, reencode, resync, split_incomplete,
                         surfaces_for, tokens_covering)
 from .kv import BUCKETS, DynamicKV, StaticKV, static_kv
+from .lean import LeanKV, lean_kv, unsupported
 from .trace import BONUS, CORRECTION, TARGET, Generation, RoundTrace, run_stats
 from .verification import VERIFIERS, Sampling, verify_greedy, verify_tokentiming, verify_transfer
 
@@ -91,7 +92,7 @@ class ModelContext:
     ``kv`` is a :mod:`tokentiming.kv` backend; by default a fresh eager cache.
     """
 
-    def __init__(self, model, tokenizer, prompt_ids: list[int], kv: DynamicKV | StaticKV | None = None):
+    def __init__(self, model, tokenizer, prompt_ids: list[int], kv: DynamicKV | StaticKV | LeanKV | None = None):
         self.model = model
         self.surfaces: TokenSurfaces = surfaces_for(tokenizer)
         self.kv = kv if kv is not None else DynamicKV(model)
@@ -122,14 +123,18 @@ class ModelContext:
         self.kv.truncate(min(self.cached, valid, len(ids) - 1))
 
 
-def _context(model, tokenizer, prompt, role: str, static: bool, max_new_tokens: int) -> ModelContext:
-    """A context for one generation; with ``static``, on the model's reusable static cache."""
+def _context(model, tokenizer, prompt, role: str, static: bool, max_new_tokens: int,
+             lean: bool = False) -> ModelContext:
+    """A context for one generation: on a fresh eager cache, on the model's reusable static cache
+    (``static``), or for a supported CPU draft on the lean compiled forward (``lean``)."""
     prompt_ids = render_prompt(tokenizer, prompt)
-    if not static:
-        return ModelContext(model, tokenizer, prompt_ids)
     # Room for the prompt, the new tokens in a draft tokenizer up to 4x finer, and one padded draft.
     capacity = len(prompt_ids) + 4 * max_new_tokens + 2 * BUCKETS[-1]
-    return ModelContext(model, tokenizer, prompt_ids, static_kv(model, role, capacity))
+    if lean and unsupported(model) is None:
+        return ModelContext(model, tokenizer, prompt_ids, lean_kv(model, capacity))
+    if static:
+        return ModelContext(model, tokenizer, prompt_ids, static_kv(model, role, capacity))
+    return ModelContext(model, tokenizer, prompt_ids)
 
 
 # -- the round ----------------------------------------------------------------------------------------
@@ -317,7 +322,10 @@ def _transferred(alignment, draft_probs: list[float], m: int) -> list[float]:
 class TokenTimingDecoder:
     """Speculative decoding of ``target_model`` with ``draft_model`` across different tokenizers."""
 
-    def __init__(self, target_model, target_tokenizer, draft_model, draft_tokenizer):
+    def __init__(self, target_model, target_tokenizer, draft_model, draft_tokenizer, lean_draft: bool = True):
+        """``lean_draft``: run a Llama-family draft on a CPU through :mod:`tokentiming.lean` (one compiled
+        call per forward instead of transformers' per-layer modules); the target is never affected."""
+        self.lean_draft = lean_draft
         self.target_model, self.target_tokenizer = target_model.eval(), target_tokenizer
         self.draft_model, self.draft_tokenizer = draft_model.eval(), draft_tokenizer
         self.stop_ids = eos_ids(target_model, target_tokenizer)
@@ -338,7 +346,8 @@ class TokenTimingDecoder:
         sampling = Sampling(temperature, top_k, top_p)
         _check(max_new_tokens, num_draft_tokens, band, verifier, sampling)
         run = _Run(_context(self.target_model, self.target_tokenizer, prompt, "target", static, max_new_tokens),
-                   _context(self.draft_model, self.draft_tokenizer, prompt, "draft", static, max_new_tokens),
+                   _context(self.draft_model, self.draft_tokenizer, prompt, "draft", static, max_new_tokens,
+                            lean=self.lean_draft),
                    stop_ids=self.stop_ids, sampling=sampling, max_new_tokens=max_new_tokens,
                    num_draft_tokens=num_draft_tokens, band=band, verifier=verifier, adaptive=adaptive, seed=seed)
         return run.rounds()

@@ -111,8 +111,11 @@ def pick_dtype(dtype, device):
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
-def load(spec: str, device: str = "auto", dtype="auto", trust_remote_code: bool = False):
-    """Load ``(model, tokenizer)`` for a spec; CUDA and bf16 when available, else CPU and fp32."""
+def load(spec: str, device: str = "auto", dtype="auto", trust_remote_code: bool = False, cpu_kernels: bool = True):
+    """Load ``(model, tokenizer)`` for a spec; CUDA and bf16 when available, else CPU and fp32.
+
+    On a CPU in fp32, ``cpu_kernels`` routes small linear products through :mod:`tokentiming.cpu`
+    (decoding steps and verify passes run faster; prompt prefill keeps PyTorch's kernel)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     source = resolve(spec)
@@ -128,7 +131,12 @@ def load(spec: str, device: str = "auto", dtype="auto", trust_remote_code: bool 
     model = AutoModelForCausalLM.from_pretrained(source, dtype=pick_dtype(dtype, device),
                                                  trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    return model.to(device).eval(), tokenizer
+    model = model.to(device).eval()
+    if cpu_kernels and model.device.type == "cpu" and str(model.dtype) == "torch.float32":
+        from .cpu import accelerate
+
+        accelerate(model)
+    return model, tokenizer
 
 
 def load_tokenizer(spec: str, trust_remote_code: bool = False):

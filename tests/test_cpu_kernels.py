@@ -1,0 +1,87 @@
+"""The CPU fast paths: the small-row linear kernel and the lean draft forward.
+
+Both must compute what transformers computes (to float rounding), and the decoder's greedy output
+must stay the target's own whatever the draft runs on.
+"""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from tokentiming import TokenTimingDecoder, autoregressive
+from tokentiming.cpu import ROWS, accelerate, small_linear
+from tokentiming.kv import DynamicKV
+from tokentiming.lean import LeanKV, lean_kv, unsupported
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 16, ROWS + 3])
+@pytest.mark.parametrize("outputs", [1, 5, 8, 131])
+def test_small_linear_matches_torch(rows, outputs):
+    generator = torch.Generator().manual_seed(rows * 1000 + outputs)
+    x = torch.randn(rows, 67, generator=generator)
+    weight, bias = torch.randn(outputs, 67, generator=generator), torch.randn(outputs, generator=generator)
+    with torch.inference_mode():
+        torch.testing.assert_close(small_linear(x, weight, bias), torch.nn.functional.linear(x, weight, bias),
+                                   rtol=1e-5, atol=1e-5)
+        batched = x[: rows // 2 * 2].view(2, -1, 67).transpose(0, 1)  # non-contiguous, 3-D
+        torch.testing.assert_close(small_linear(batched, weight), torch.nn.functional.linear(batched, weight),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_accelerated_linears_keep_training_and_other_dtypes_on_torch():
+    layer = accelerate(torch.nn.Sequential(torch.nn.Linear(8, 4)))[0]
+    x = torch.randn(3, 8, requires_grad=True)
+    layer(x).sum().backward()  # autograd still works: the kernel is inference-only
+    assert x.grad is not None
+    double = accelerate(torch.nn.Sequential(torch.nn.Linear(8, 4).double()))
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x.detach()), torch.nn.functional.linear(x.detach(), layer.weight, layer.bias))
+        assert double(torch.randn(2, 8, dtype=torch.float64)).dtype == torch.float64
+
+
+def _llama(**extra):
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                                        num_attention_heads=4, num_key_value_heads=2, **extra)).eval()
+
+
+def _qwen2():
+    torch.manual_seed(1)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=1)).eval()
+
+
+@pytest.mark.parametrize("make", [_llama, lambda: _llama(tie_word_embeddings=False), _qwen2],
+                         ids=["llama-tied", "llama-untied", "qwen2-bias"])
+def test_lean_forward_matches_transformers(make):
+    model = make()
+    ids = torch.randint(0, 300, (80,), generator=torch.Generator().manual_seed(2)).tolist()
+    with torch.inference_mode():
+        eager, lean = DynamicKV(model), LeanKV(model, capacity=16)  # grows on the way
+        for chunk, keep in ((ids[:20], 3), (ids[20:21], 1), (ids[21:27], 6), (ids[27:30], 1)):
+            torch.testing.assert_close(lean.forward(chunk, keep), eager.forward(chunk, keep), rtol=1e-4, atol=1e-4)
+        eager.truncate(23)
+        lean.truncate(23)
+        torch.testing.assert_close(lean.forward(ids[40:45], 5), eager.forward(ids[40:45], 5), rtol=1e-4, atol=1e-4)
+        assert lean.length == 28 and lean.capacity >= 30
+
+
+def test_unsupported_models_say_why():
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2))
+    assert "GPT2LMHeadModel" in unsupported(gpt2)
+    assert "silu" in unsupported(_llama(hidden_act="gelu"))
+    assert unsupported(_llama().to(torch.float64)) == "the model is not on the CPU in float32"
+    with pytest.raises(ValueError, match="lean CPU forward cannot run"):
+        LeanKV(gpt2)
+
+
+def test_lean_draft_keeps_the_target_output(tiny_target, tiny_draft):
+    """Reversed tiny pair: the Llama model drafts (on the lean forward) for the GPT-2 target."""
+    target, draft = tiny_draft, tiny_target
+    for prompt in ("import os\n", "def mean(values):\n", "class Point:\n    def __init__(self"):
+        reference = autoregressive(*target, prompt, max_new_tokens=40).token_ids
+        lean = TokenTimingDecoder(*target, *draft).generate(prompt, max_new_tokens=40, num_draft_tokens=6)
+        eager = TokenTimingDecoder(*target, *draft, lean_draft=False).generate(prompt, max_new_tokens=40,
+                                                                               num_draft_tokens=6)
+        assert lean.token_ids == eager.token_ids == reference
+    assert lean_kv(draft[0], 10).length == 0
