@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from tokentiming import TokenTimingDecoder, align_text, figures, stream_autoregressive  # noqa: E402
 from tokentiming.alignment import pair_facts  # noqa: E402
-from tokentiming.decoder import MAX_DRAFT_TOKENS  # noqa: E402
+from tokentiming.decoder import DEFAULT_ADAPTIVE, DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS  # noqa: E402
 from tokentiming.models import load, load_tokenizer, model_choices, pair_from_env  # noqa: E402
 from tokentiming.trace import run_stats  # noqa: E402
 from tokentiming.verification import VERIFIERS  # noqa: E402
@@ -214,8 +214,8 @@ def playground(text: str, draft_spec: str, target_spec: str, band: int):
 
 # -- API (for gradio_client) ------------------------------------------------------------------------
 def api_generate(target: str, draft: str, prompt: str, chat: bool = False, max_new_tokens: int = 64,
-                 temperature: float = 0.0, top_p: float = 1.0, num_draft_tokens: int = 5, band: int = 8,
-                 verifier: str = "tokentiming", seed: int = -1) -> dict:
+                 temperature: float = 0.0, top_p: float = 1.0, num_draft_tokens: int = DEFAULT_DRAFT_TOKENS,
+                 band: int = 8, verifier: str = "tokentiming", seed: int = -1) -> dict:
     """Generate with TokenTiming; returns text, new token ids, run statistics and a per-round summary."""
     try:
         target_loaded, draft_loaded = MODELS.get("target", target), MODELS.get("draft", draft)
@@ -286,8 +286,9 @@ def build_app() -> gr.Blocks:
                     max_new_tokens = gr.Slider(1, 512, 64, step=1, label="Max new tokens", elem_id="max-new-tokens")
                     temperature = gr.Slider(0, 2, 0, step=0.05, label="Temperature (0 = greedy)")
                     top_p = gr.Slider(0.05, 1, 1, step=0.05, label="Top-p")
-                    num_draft_tokens = gr.Slider(1, MAX_DRAFT_TOKENS, 5, step=1, label="Draft tokens per round")
-                    adaptive = gr.Checkbox(False, label="Adaptive drafting (stop when the draft is unsure)")
+                    num_draft_tokens = gr.Slider(1, MAX_DRAFT_TOKENS, DEFAULT_DRAFT_TOKENS, step=1,
+                                                 label="Draft tokens per round")
+                    adaptive = gr.Checkbox(DEFAULT_ADAPTIVE, label="Adaptive drafting (stop when the draft is unsure)")
                     band = gr.Slider(0, 32, 8, step=1, label="DTW band")
                     verifier = gr.Radio(list(VERIFIERS), value="tokentiming", label="Verifier",
                                         info="tokentiming: lossless · greedy: exact match · transfer: experimental, lossy")

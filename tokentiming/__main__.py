@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .decoder import DEFAULT_ADAPTIVE, DEFAULT_DRAFT_TOKENS
 from .verification import VERIFIERS
 
 
@@ -138,10 +139,11 @@ def main(argv=None) -> int:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--num-draft-tokens", type=int, default=5)
+    gen.add_argument("--num-draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS)
     gen.add_argument("--band", type=int, default=8, help="DTW Sakoe-Chiba band half-width")
     gen.add_argument("--verifier", choices=VERIFIERS, default="tokentiming")
-    gen.add_argument("--adaptive", action="store_true", help="stop drafting early when the draft is unsure")
+    gen.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=DEFAULT_ADAPTIVE,
+                     help="stop drafting early when the draft is unsure")
     gen.add_argument("--method", choices=("tokentiming", "ar"), default="tokentiming")
     gen.add_argument("--seed", type=int)
     gen.add_argument("--static", action="store_true",
@@ -161,9 +163,9 @@ def main(argv=None) -> int:
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--temperature", type=float, default=0.0)
     bench.add_argument("--top-p", type=float, default=1.0)
-    bench.add_argument("--num-draft-tokens", type=int, default=5)
+    bench.add_argument("--num-draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS)
     bench.add_argument("--band", type=int, default=8)
-    bench.add_argument("--adaptive", action="store_true")
+    bench.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=DEFAULT_ADAPTIVE)
     bench.add_argument("--repeats", type=int, default=1)
     bench.add_argument("--fidelity-samples", type=int, default=200, help="sampling only; 0 skips the check")
     bench.add_argument("--device", default="auto")
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
     rank.add_argument("--prompts")
     rank.add_argument("--limit", type=int, default=4, help="calibration prompts")
     rank.add_argument("--max-new-tokens", type=int, default=48)
-    rank.add_argument("--num-draft-tokens", type=int, default=5)
+    rank.add_argument("--num-draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS)
     rank.add_argument("--device", default="auto")
     rank.add_argument("--dtype", default="auto")
 

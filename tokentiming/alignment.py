@@ -74,6 +74,7 @@ class TokenSurfaces:
         self.kind = self._decoder_kind()  # "byte_level", "metaspace" or "decode"
         self._bytes: dict[int, bytes] = {}
         self._normalised: dict[int, str] = {}
+        self._codes: CodeTable | None = None
         self._anchor = None
         self.dummy_prefix = b""
         probe = self.encode("a")
@@ -149,6 +150,13 @@ class TokenSurfaces:
         if text is None:
             text = self._normalised[token_id] = normalise(self.text_of(token_id))
         return text
+
+    @property
+    def codes(self) -> CodeTable:
+        """The normalised strings as code points, for the DTW kernels (filled as ids are met)."""
+        if self._codes is None:
+            self._codes = CodeTable(self)
+        return self._codes
 
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -333,12 +341,52 @@ class Alignment:
         return float(sum(self.cost_matrix[i, j] for i, j in self.warping_path))
 
 
+class CodeTable:
+    """Every normalised token string met so far as Unicode code points in one flat array, indexed by id.
+
+    Filled lazily, so a 150k-token vocabulary costs only the tokens actually aligned; looking tokens
+    up is then done inside the compiled DTW (:func:`dtw.align_ids`), not in Python.
+    """
+
+    def __init__(self, surfaces: TokenSurfaces):
+        self.surfaces = surfaces
+        self.known: set[int] = set()
+        self.codes = np.zeros(1024, dtype=np.int32)
+        self.used = 0
+        self.starts = np.zeros(0, dtype=np.int64)
+        self.lengths = np.zeros(0, dtype=np.int64)
+
+    def ids(self, token_ids: list[int]) -> np.ndarray:
+        """``token_ids`` as an array, each one's code points in the table."""
+        if not self.known.issuperset(token_ids):
+            for token_id in set(token_ids) - self.known:
+                self._add(int(token_id))
+        return np.array(token_ids, dtype=np.int64)
+
+    def _add(self, token_id: int) -> None:
+        points = np.frombuffer(self.surfaces.normalised_of(token_id).encode("utf-32-le"), dtype=np.int32)
+        if token_id >= len(self.starts):
+            size = max(token_id + 1, 2 * len(self.starts), 1024)
+            self.starts = np.concatenate([self.starts, np.zeros(size - len(self.starts), np.int64)])
+            self.lengths = np.concatenate([self.lengths, np.zeros(size - len(self.lengths), np.int64)])
+        if self.used + len(points) > len(self.codes):
+            self.codes = np.concatenate([self.codes, np.zeros(max(len(self.codes), len(points)), np.int32)])
+        self.codes[self.used:self.used + len(points)] = points
+        self.starts[token_id], self.lengths[token_id] = self.used, len(points)
+        self.used += len(points)
+        self.known.add(token_id)
+
+    def tables(self):
+        return self.codes, self.starts, self.lengths
+
+
 def align_tokens(draft_surfaces: TokenSurfaces, draft_ids: list[int], target_surfaces: TokenSurfaces,
                  proxy_ids: list[int], band: int = 8) -> Alignment:
     """DTW between draft tokens and proxy tokens (Levenshtein local cost, Sakoe-Chiba band)."""
     start = time.perf_counter()
-    cost, path = dtw.align_strings([draft_surfaces.normalised_of(i) for i in draft_ids],
-                                   [target_surfaces.normalised_of(i) for i in proxy_ids], band)
+    draft_table, target_table = draft_surfaces.codes, target_surfaces.codes
+    cost, path = dtw.align_ids(draft_table.ids(draft_ids), *draft_table.tables(),
+                               target_table.ids(proxy_ids), *target_table.tables(), band)
     elapsed_us = (time.perf_counter() - start) * 1e6
     return Alignment(
         draft_token_ids=list(draft_ids),

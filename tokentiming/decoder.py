@@ -24,9 +24,12 @@ from .verification import VERIFIERS, Sampling, verify_greedy, verify_tokentiming
 
 MAX_DRAFT_TOKENS = 64
 MAX_NEW_TOKENS = 65536
-#: With adaptive drafting, stop drafting once the draft is less sure than this of its own token
-#: (transformers' default assistant confidence threshold).
-ADAPTIVE_CONFIDENCE = 0.4
+#: Defaults tuned on the default pair (SmolLM2-135M -> Qwen2.5-Coder-1.5B, 2-core CPU, code and chat):
+#: up to 8 draft tokens, stopping early once the draft is less sure than 0.5 of its own token. Against
+#: 4-10 tokens with or without stopping and thresholds 0.25-0.55, this was fastest on average.
+DEFAULT_DRAFT_TOKENS = 8
+DEFAULT_ADAPTIVE = True
+ADAPTIVE_CONFIDENCE = 0.5
 
 
 # -- prompts ------------------------------------------------------------------------------------------
@@ -334,8 +337,9 @@ class TokenTimingDecoder:
         dtw.warm_up()
 
     def stream(self, prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
-               top_p: float = 1.0, num_draft_tokens: int = 5, band: int = 8, verifier: str = "tokentiming",
-               seed: int | None = None, adaptive: bool = False, static: bool = False) -> Iterator[RoundTrace]:
+               top_p: float = 1.0, num_draft_tokens: int = DEFAULT_DRAFT_TOKENS, band: int = 8,
+               verifier: str = "tokentiming", seed: int | None = None, adaptive: bool = DEFAULT_ADAPTIVE,
+               static: bool = False) -> Iterator[RoundTrace]:
         """Yield one :class:`RoundTrace` per round as it completes.
 
         ``verifier``: "tokentiming" (lossless, default), "greedy" (needs temperature 0) or

@@ -124,6 +124,29 @@ def align_packed(codes, offsets, k, band):
     return align(codes, offsets[:k + 1], codes, offsets[k:], band)
 
 
+@njit(cache=True)
+def _gather(ids, codes, starts, lengths):
+    """Flat code points and offsets of the tokens ``ids`` from a per-vocabulary table."""
+    offsets = np.empty(ids.shape[0] + 1, dtype=np.int64)
+    offsets[0] = 0
+    for n in range(ids.shape[0]):
+        offsets[n + 1] = offsets[n] + lengths[ids[n]]
+    out = np.empty(offsets[-1], dtype=np.int32)
+    for n in range(ids.shape[0]):
+        start = starts[ids[n]]
+        out[offsets[n]:offsets[n + 1]] = codes[start:start + lengths[ids[n]]]
+    return out, offsets
+
+
+@njit(cache=True)
+def align_ids(a_ids, a_codes, a_starts, a_lengths, b_ids, b_codes, b_starts, b_lengths, band):
+    """:func:`align` for token ids looked up in two code tables (see ``alignment.CodeTable``): the
+    decoding loop's path, with no Python string handling per round."""
+    a, a_offsets = _gather(a_ids, a_codes, a_starts, a_lengths)
+    b, b_offsets = _gather(b_ids, b_codes, b_starts, b_lengths)
+    return align(a, a_offsets, b, b_offsets, band)
+
+
 def pack(tokens: list[str]):
     """Flatten token strings into (code points, offsets) for the kernels."""
     codes = np.frombuffer("".join(tokens).encode("utf-32-le"), dtype=np.int32)
@@ -139,3 +162,6 @@ def align_strings(a: list[str], b: list[str], band: int):
 def warm_up():
     """Load (or compile) the kernels now so the first round is not charged for it."""
     align_strings(["a", "bc"], ["ab", "c"], 8)
+    codes, starts, lengths = np.array([97, 98], dtype=np.int32), np.array([0, 1], dtype=np.int64), np.ones(2, np.int64)
+    ids = np.array([0, 1], dtype=np.int64)
+    align_ids(ids, codes, starts, lengths, ids, codes, starts, lengths, 8)
