@@ -21,9 +21,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
-from tokentiming import TokenTimingDecoder, align_text, figures, stream_autoregressive  # noqa: E402
+from tokentiming import Alignment, TokenTimingDecoder, align_text, figures, stream_autoregressive  # noqa: E402
 from tokentiming.alignment import pair_facts  # noqa: E402
 from tokentiming.decoder import DEFAULT_ADAPTIVE, DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS  # noqa: E402
+from tokentiming.kv import static_supported  # noqa: E402
 from tokentiming.models import load, load_tokenizer, model_choices, pair_from_env  # noqa: E402
 from tokentiming.trace import run_stats  # noqa: E402
 from tokentiming.verification import VERIFIERS  # noqa: E402
@@ -78,6 +79,11 @@ class LoadedModels:
 
 
 MODELS = LoadedModels()
+
+
+def _static(*loaded: Loaded) -> bool:
+    """On a GPU, decode on static KV caches replayed from CUDA graphs when both models allow it."""
+    return all(item.model.device.type == "cuda" and static_supported(item.model) for item in loaded)
 
 
 def _user_error(error: Exception) -> gr.Error:
@@ -141,7 +147,7 @@ def generate_live(target_spec, draft_spec, prompt, chat, max_new_tokens, tempera
         decoder = TokenTimingDecoder(target.model, target.tokenizer, draft.model, draft.tokenizer)
         message = [{"role": "user", "content": prompt}] if chat else prompt
         options = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
-                       seed=None if seed is None or seed < 0 else int(seed))
+                       seed=None if seed is None or seed < 0 else int(seed), static=_static(target, draft))
         stream = decoder.stream(message, num_draft_tokens=int(num_draft_tokens), band=int(band), verifier=verifier,
                                 adaptive=bool(adaptive), **options)
     except Exception as error:
@@ -191,14 +197,19 @@ def show_round(state, index):
     return round_view(state["rounds"], state["band"], index)
 
 
-def playground(text: str, draft_spec: str, target_spec: str, band: int):
-    """Tokenise a text with two tokenizers and show the DTW alignment (no model weights needed)."""
+def _align(text: str, draft_spec: str, target_spec: str, band) -> Alignment:
+    """The two tokenisations of ``text`` aligned (tokenizers only, no model weights); errors for users."""
     if not text:
         raise gr.Error("Type some text to align.")
     try:
-        alignment = align_text(text, load_tokenizer(draft_spec), load_tokenizer(target_spec), band=int(band))
+        return align_text(text, load_tokenizer(draft_spec), load_tokenizer(target_spec), band=int(band))
     except Exception as error:
         raise _user_error(error) from error
+
+
+def playground(text: str, draft_spec: str, target_spec: str, band: int):
+    """Tokenise a text with two tokenizers and show the DTW alignment."""
+    alignment = _align(text, draft_spec, target_spec, band)
     rows = [[j, figures.visible(token), " ".join(figures.visible(alignment.draft_tokens[i]) for i in sources),
              int(sum(alignment.cost_matrix[i, j] for i in sources))]
             for j, (token, sources) in enumerate(zip(alignment.proxy_tokens, alignment.proxy_to_draft))]
@@ -224,7 +235,8 @@ def api_generate(target: str, draft: str, prompt: str, chat: bool = False, max_n
         generation = decoder.generate([{"role": "user", "content": prompt}] if chat else prompt,
                                       max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                                       top_p=float(top_p), num_draft_tokens=int(num_draft_tokens), band=int(band),
-                                      verifier=verifier, seed=None if seed is None or seed < 0 else int(seed))
+                                      verifier=verifier, seed=None if seed is None or seed < 0 else int(seed),
+                                      static=_static(target_loaded, draft_loaded))
     except Exception as error:
         raise _user_error(error) from error
     return {"text": generation.text, "token_ids": generation.token_ids, "stats": generation.stats,
@@ -236,12 +248,7 @@ def api_generate(target: str, draft: str, prompt: str, chat: bool = False, max_n
 
 def api_align(text: str, draft: str, target: str, band: int = 8) -> dict:
     """Align the two tokenisations of a text; returns tokens, cost matrix, warping path and mapping."""
-    if not text:
-        raise gr.Error("Type some text to align.")
-    try:
-        alignment = align_text(text, load_tokenizer(draft), load_tokenizer(target), band=int(band))
-    except Exception as error:
-        raise _user_error(error) from error
+    alignment = _align(text, draft, target, band)
     return {"draft_tokens": alignment.draft_tokens, "proxy_tokens": alignment.proxy_tokens,
             "cost_matrix": alignment.cost_matrix.tolist(), "warping_path": alignment.warping_path.tolist(),
             "proxy_to_draft": alignment.proxy_to_draft, "align_us": alignment.align_us}

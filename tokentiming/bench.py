@@ -9,6 +9,7 @@ KV caches replayed from CUDA graphs on a GPU (:mod:`tokentiming.kv`). Our loops 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import resource
@@ -152,9 +153,31 @@ class Bench:
         if method == "hf-uag":
             options.update(assistant_model=self.draft_model, tokenizer=self.target_tokenizer,
                            assistant_tokenizer=self.draft_tokenizer)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._draft_as_transformers_leaves_it(method):
             output = self.target_model.generate(ids, attention_mask=torch.ones_like(ids), **options)
         return output[0, ids.shape[1]:].tolist()
+
+    @contextlib.contextmanager
+    def _draft_as_transformers_leaves_it(self, method: str):
+        """transformers' cross-tokenizer *sampling* path replaces the draft's input embeddings and head
+        with pruned, re-indexed ones, for good (its vocabulary translator is cached with them). Swap its
+        versions in for its own runs and the draft's originals back for everything else."""
+        if method != "hf-uag" or self.greedy:
+            yield
+            return
+        draft = self.draft_model
+        originals = draft.get_input_embeddings(), draft.get_output_embeddings()
+        theirs = draft.__dict__.get("_tokentiming_transformers_modules")  # kept with the model, like their cache
+        if theirs:
+            draft.set_input_embeddings(theirs[0])
+            draft.set_output_embeddings(theirs[1])
+        try:
+            yield
+        finally:
+            draft.__dict__["_tokentiming_transformers_modules"] = (draft.get_input_embeddings(),
+                                                                   draft.get_output_embeddings())
+            draft.set_input_embeddings(originals[0])
+            draft.set_output_embeddings(originals[1])
 
     def close(self):
         self.target_counter.handle.remove()

@@ -4,9 +4,9 @@ Decoding feeds a model 1 token (a step) or a handful (a verify pass of k proxies
 multiplies a few rows by a large weight matrix. That should cost one pass over the weights whatever the
 row count: the weights stream from memory and each row of them is reused from cache for every input row.
 The BLAS behind ``torch.nn.functional.linear`` does not manage that on every CPU. On the AMD EPYC
-(AVX2) machine the benchmarks ran on, one 8960x1536 weight took twice as long for 2 rows as for 1, and
-4.5 times as long for 6 (MKL's generic path). This kernel, numba-compiled for the machine it runs on,
-takes 1.5 times for 6 rows, and beat the BLAS for 1 row and for prompts of up to 256 tokens too
+(AVX2) machine the benchmarks ran on, eight 8960x1536 weights took twice as long for 2 rows as for 1,
+and five times as long for 6. This kernel, numba-compiled for the machine it runs on, took 1.7 times
+as long for 6 rows as for 1, and beat the BLAS for 1 row and for prompts of up to 256 tokens too
 (``python -m tokentiming.cpu`` measures it on yours).
 
 :func:`accelerate` routes the ``nn.Linear`` layers of a model through it in inference; training, other

@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--num-draft-tokens", type=int, default=8)
+    parser.add_argument("--num-draft-tokens", default="8",
+                        help="comma-separated: one benchmark per value (the pair is trained once)")
+    parser.add_argument("--temperatures", default="0",
+                        help="comma-separated: one benchmark per value; 0 is greedy, where ids are compared")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--quick", action="store_true", help="tiny models and few tokens: a smoke test on any device")
     args = parser.parse_args(argv)
@@ -92,32 +95,46 @@ def main(argv: list[str] | None = None) -> None:
     cfg = QUICK_PAIR if args.quick else GPU_PAIR
     target, draft, documents = build_pair(cfg, device)
     print(f"pair built in {time.perf_counter() - started:.0f}s on {machine()}", flush=True)
-
     prompts = corpus_prompts(documents, args.prompts)
     methods = args.methods.split(",")
-    bench = Bench(target, draft, max_new_tokens=args.max_new_tokens, num_draft_tokens=args.num_draft_tokens)
+    names = {"target": f"{cfg.target.name} ({tinypair.count_parameters(target[0]) / 1e6:.0f} M, trained here)",
+             "draft": f"{cfg.draft.name} ({tinypair.count_parameters(draft[0]) / 1e6:.1f} M, trained here)"}
+    tables = []
+    for temperature in map(float, args.temperatures.split(",")):
+        for k in map(int, args.num_draft_tokens.split(",")):
+            out = args.out / f"k{k}-t{temperature:g}"
+            settings = {**names, "max_new_tokens": args.max_new_tokens, "temperature": temperature, "dtype": "float32",
+                        "repeats": args.repeats, "num_draft_tokens": k, "prompts": len(prompts),
+                        "command": f"python -m tokentiming.gpubench --num-draft-tokens {k} "
+                                   f"--temperatures {temperature:g}" + (" --quick" if args.quick else "")}
+            tables.append(race(target, draft, prompts, methods, settings, args.repeats, out))
+    for table in tables:
+        print("\n" + table)
+    print(f"\ntotal {time.perf_counter() - started:.0f}s; reports in {args.out}")
+
+
+def race(target, draft, prompts, methods, settings, repeats, out: Path) -> str:
+    """One benchmark of every method; writes its report to ``out`` and returns its markdown table."""
+    k, temperature = settings["num_draft_tokens"], settings["temperature"]
+    bench = Bench(target, draft, max_new_tokens=settings["max_new_tokens"], temperature=temperature,
+                  num_draft_tokens=k)
     tic = time.perf_counter()
-    runs = run_benchmark(bench, prompts, methods, args.repeats, warmup_tokens=args.max_new_tokens,
+    runs = run_benchmark(bench, prompts, methods, repeats, warmup_tokens=settings["max_new_tokens"],
                          progress=lambda step, total, method, _: print(f"  {step}/{total} {method}", end="\r"))
-    print(f"\nbenchmark ran in {time.perf_counter() - tic:.0f}s")
+    print(f"\nk={k}, temperature {temperature:g}: benchmark ran in {time.perf_counter() - tic:.0f}s")
     summary = summarise(runs, methods)
-    identical = identical_to_target(runs, methods)
-    settings = {"target": f"{cfg.target.name} ({tinypair.count_parameters(target[0]) / 1e6:.0f} M, trained here)",
-                "draft": f"{cfg.draft.name} ({tinypair.count_parameters(draft[0]) / 1e6:.1f} M, trained here)",
-                "max_new_tokens": args.max_new_tokens, "temperature": 0.0, "dtype": "float32",
-                "repeats": args.repeats, "machine": machine(), "peak_rss_mb": peak_rss_mb(),
-                "num_draft_tokens": args.num_draft_tokens, "prompts": len(prompts),
-                "command": "python -m tokentiming.gpubench" + (" --quick" if args.quick else "")}
-    write_report(args.out, runs, summary, identical, None, settings)
+    identical = identical_to_target(runs, methods) if temperature == 0 else {}
+    settings = {**settings, "machine": machine(), "peak_rss_mb": peak_rss_mb()}
+    write_report(out, runs, summary, identical, None, settings)
     for static in (False, True):
-        rounds = bench.decoder.generate(prompts[0].text, max_new_tokens=args.max_new_tokens, static=static,
-                                        num_draft_tokens=args.num_draft_tokens).rounds
+        rounds = bench.decoder.generate(prompts[0].text, max_new_tokens=settings["max_new_tokens"], static=static,
+                                        num_draft_tokens=k, temperature=temperature, seed=0).rounds
         phases = {key: statistics.median(r.timings[key] for r in rounds if key in r.timings)
                   for key in ("draft_ms", "reencode_us", "align_us", "verify_ms", "resync_us")}
         print(f"tokentiming{'-static' if static else ''}: {len(rounds)} rounds, median per round: "
               + ", ".join(f"{key} {value:.2f}" for key, value in phases.items()))
-    print(markdown_table(summary, identical, None, settings))
-    print(f"total {time.perf_counter() - started:.0f}s; report in {args.out}")
+    bench.close()
+    return markdown_table(summary, identical, None, settings)
 
 
 if __name__ == "__main__":

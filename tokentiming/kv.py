@@ -76,10 +76,10 @@ class StaticKV:
     @torch.inference_mode()
     def _allocate(self, capacity: int) -> None:
         """A new cache of ``capacity`` tokens holding the old one's contents."""
-        cache = StaticCache(config=self.model.config, max_cache_len=capacity)
-        if not all(type(layer) is StaticLayer for layer in cache.layers):
+        if not static_supported(self.model):
             raise ValueError(f"{type(self.model).__name__} has sliding-window or other non-full-attention layers; "
                              "static caches support full-attention models only: use static=False")
+        cache = StaticCache(config=self.model.config, max_cache_len=capacity)
         # One throwaway token initialises every layer's buffers (shape, dtype, device) the model's own way.
         self.model(torch.zeros((1, 1), dtype=torch.long, device=self.device), cache=cache, logits_to_keep=1)
         old, self.cache, self.capacity = self.cache, cache, capacity
@@ -161,6 +161,12 @@ class StaticKV:
             self._captured.clear()
             inputs = torch.tensor([padded], device=self.device)
             return self.model(inputs, cache=self.cache, logits_to_keep=len(padded)).logits[0]
+
+
+def static_supported(model) -> bool:
+    """Whether :class:`StaticKV` can run ``model`` (every layer full attention)."""
+    cache = StaticCache(config=model.config, max_cache_len=1)  # buffers are allocated lazily: nothing yet
+    return all(type(layer) is StaticLayer for layer in cache.layers)
 
 
 def static_kv(model, role: str, capacity: int) -> StaticKV:
