@@ -92,6 +92,11 @@ class StaticKV:
                 new_layer.cumulative_length.copy_(old_layer.cumulative_length)
         self._captured.clear()  # graphs hold the old buffers' addresses
 
+    def reserve(self, capacity: int) -> None:
+        """Room for at least ``capacity`` tokens."""
+        if capacity > self.capacity:
+            self._allocate(_round_up(capacity))
+
     def _reserve(self, count: int) -> None:
         if self.length + count > self.capacity:
             self._allocate(max(2 * self.capacity, self.length + count + 256))
@@ -169,17 +174,22 @@ def static_supported(model) -> bool:
     return all(type(layer) is StaticLayer for layer in cache.layers)
 
 
-def static_kv(model, role: str, capacity: int) -> StaticKV:
-    """The model's static cache for ``role`` ("target" or "draft"), made once and reused across
-    generations so that its graphs are captured once; emptied and grown to ``capacity`` if needed."""
-    caches = model.__dict__.setdefault("_tokentiming_static_kv", {})
-    kv = caches.get(role)
+def reusable(model, key: str, make, capacity: int):
+    """The cache backend ``make(model, capacity)`` kept on ``model`` under ``key``: made once and reused
+    across generations (a static cache keeps its captured graphs, the lean draft its stacked weights),
+    emptied, and with room for ``capacity`` tokens."""
+    backends = model.__dict__.setdefault("_tokentiming_kv", {})
+    kv = backends.get(key)
     if kv is None:
-        kv = caches[role] = StaticKV(model, capacity=_round_up(capacity))
+        kv = backends[key] = make(model, capacity)
     kv.reset()
-    if kv.capacity < capacity:
-        kv._allocate(_round_up(capacity))
+    kv.reserve(capacity)
     return kv
+
+
+def static_kv(model, role: str, capacity: int) -> StaticKV:
+    """The model's reusable static cache for ``role`` ("target" or "draft")."""
+    return reusable(model, f"static-{role}", lambda m, c: StaticKV(m, capacity=_round_up(c)), capacity)
 
 
 def _round_up(count: int, step: int = 256) -> int:

@@ -23,6 +23,7 @@ import torch
 from numba import njit, prange
 
 from .cpu import _match_torch_threads, _rows_times_weight
+from .kv import reusable
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 
@@ -113,6 +114,11 @@ class LeanKV:
     def reset(self) -> None:
         self.length = 0
 
+    def reserve(self, capacity: int) -> None:
+        """Room for at least ``capacity`` tokens."""
+        if capacity > self.capacity:
+            self._grow(capacity)
+
     def truncate(self, length: int) -> None:
         self.length = min(self.length, length)  # later writes overwrite the rest
 
@@ -130,14 +136,8 @@ class LeanKV:
 
 
 def lean_kv(model, capacity: int) -> LeanKV:
-    """The model's reusable :class:`LeanKV` (weights stacked once), emptied, with room for ``capacity``."""
-    kv = model.__dict__.get("_tokentiming_lean_kv")
-    if kv is None:
-        kv = model.__dict__["_tokentiming_lean_kv"] = LeanKV(model, capacity)
-    kv.reset()
-    if kv.capacity < capacity:
-        kv._grow(capacity)
-    return kv
+    """The model's reusable :class:`LeanKV` (weights stacked once)."""
+    return reusable(model, "lean", LeanKV, capacity)
 
 
 # -- the compiled forward pass ------------------------------------------------------------------------

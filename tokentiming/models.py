@@ -114,8 +114,8 @@ def pick_dtype(dtype, device):
 def load(spec: str, device: str = "auto", dtype="auto", trust_remote_code: bool = False, cpu_kernels: bool = True):
     """Load ``(model, tokenizer)`` for a spec; CUDA and bf16 when available, else CPU and fp32.
 
-    On a CPU in fp32, ``cpu_kernels`` routes small linear products through :mod:`tokentiming.cpu`
-    (decoding steps and verify passes run faster; prompt prefill keeps PyTorch's kernel)."""
+    On a CPU in fp32, ``cpu_kernels`` routes the linear layers' inference through :mod:`tokentiming.cpu`
+    (decoding steps, verify passes and prompt prefill run faster there than on PyTorch's kernel)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     source = resolve(spec)
