@@ -1,6 +1,8 @@
 """Re-encoding and resynchronisation invariants (hypothesis), surfaces, and align_text."""
 
 import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -8,8 +10,9 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from tokentiming import align_text
-from tokentiming.alignment import (draft_text, reencode, resync, split_incomplete, surfaces_for)
+from tokentiming import align_text, dtw
+from tokentiming.alignment import (TokenSurfaces, _byte_level_decoder, align_tokens, draft_text, reencode, resync,
+                                   split_incomplete, surfaces_for)
 from tokentiming.models import LOCAL_PRESETS
 
 PAIR = {name: os.environ.get(f"TOKENTIMING_TEST_{name.upper().replace('-', '_')}", str(path))
@@ -196,3 +199,57 @@ def test_align_text_rejects_a_negative_band():
     tokenizer = AutoTokenizer.from_pretrained(PAIR["tiny-draft"])
     with pytest.raises(ValueError):
         align_text("x", tokenizer, tokenizer, band=-1)
+
+
+# -- the pair table behind align_tokens -------------------------------------------------------------
+@pytest.mark.parametrize("side", ["target", "draft"])
+def test_vocabulary_bytes_are_each_tokens_surface(side, request):
+    surfaces = request.getfixturevalue(side)
+    fresh = TokenSurfaces(surfaces.tokenizer)
+    in_bulk = surfaces.vocabulary_bytes()
+    assert len(in_bulk) == len(surfaces.tokenizer)
+    assert in_bulk == [fresh.bytes_of(i) for i in range(len(surfaces.tokenizer))]
+    if surfaces.kind == "byte_level":  # and, independently, GPT-2's alphabet read character by character
+        alphabet = _byte_level_decoder()
+        pieces = surfaces.tokenizer.convert_ids_to_tokens(list(range(len(surfaces.tokenizer))))
+        plain = [(n, piece) for n, piece in enumerate(pieces) if n not in surfaces.special_ids and set(piece) <= set(alphabet)]
+        assert len(plain) > 0.9 * len(pieces)
+        assert all(in_bulk[n] == bytes(alphabet[c] for c in piece) for n, piece in plain)
+
+
+@given(texts, texts, st.integers(0, 4))
+def test_align_tokens_equals_dtw_on_the_normalised_strings(target, draft, draft_source, proxy_source, band):
+    draft_ids, proxy_ids = draft.encode(draft_source), target.encode(proxy_source)
+    alignment = align_tokens(draft, draft_ids, target, proxy_ids, band)
+    cost, path = dtw.align_strings([draft.normalised_of(i) for i in draft_ids],
+                                   [target.normalised_of(i) for i in proxy_ids], band)
+    assert alignment.cost_matrix.tolist() == cost.tolist()
+    assert alignment.warping_path.tolist() == path.tolist()
+
+
+def test_ids_past_the_tokenizer_align_as_empty_tokens(target, draft):
+    """A model's vocabulary can be padded past its tokenizer's; such an id spells nothing."""
+    proxies = target.encode("def foo")
+    past = len(draft.tokenizer) + 7
+    alignment = align_tokens(draft, draft.encode("def") + [past], target, proxies, 8)
+    lengths = [len(target.normalised_of(i)) for i in proxies]
+    assert alignment.cost_matrix[-1].tolist() == lengths  # edits from "" to each proxy
+    assert alignment.warping_path[-1].tolist() == [len(draft.encode("def")), len(proxies) - 1]
+    again = align_tokens(draft, draft.encode("def foo"), target, proxies, 8)  # and the rest still aligns
+    assert again.warping_path[-1].tolist() == [len(draft.encode("def foo")) - 1, len(proxies) - 1]
+
+
+def test_concurrent_alignments_do_not_mix(target, draft):
+    """The app may align (playground, API) while a generation runs: one shared table, no crossed ids."""
+    previous = sys.getswitchinterval()
+    sources = ["def foo(x):\n    return x", "中文 😀 ok", "    for i in range(10):", "naïve café, déjà vu"]
+    pairs = [(draft.encode(text), target.encode(text)) for text in sources]
+    expected = [align_tokens(draft, d, target, t, 8).warping_path.tolist() for d, t in pairs]
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            found = list(pool.map(lambda pair: align_tokens(draft, pair[0], target, pair[1], 8).warping_path.tolist(),
+                                  pairs * 50))
+    finally:
+        sys.setswitchinterval(previous)
+    assert found == expected * 50

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -35,6 +36,15 @@ def _byte_level_decoder() -> dict[str, int]:
             chars.append(256 + extra)
             extra += 1
     return {chr(c): b for b, c in zip(printable, chars)}
+
+
+@lru_cache(maxsize=1)
+def _byte_level_pieces():
+    """A pattern matching pieces written wholly in that alphabet, and a table for ``str.translate``
+    taking them to one character per byte (``piece.translate(table).encode("latin-1")`` is the bytes)."""
+    decoder = _byte_level_decoder()
+    alphabet = re.compile("[" + "".join(map(re.escape, decoder)) + "]*")
+    return alphabet, str.maketrans({char: chr(byte) for char, byte in decoder.items()})
 
 
 def split_incomplete(data: bytes) -> tuple[bytes, bytes]:
@@ -74,7 +84,6 @@ class TokenSurfaces:
         self.kind = self._decoder_kind()  # "byte_level", "metaspace" or "decode"
         self._bytes: dict[int, bytes] = {}
         self._normalised: dict[int, str] = {}
-        self._codes: CodeTable | None = None
         self._anchor = None
         self.dummy_prefix = b""
         probe = self.encode("a")
@@ -105,18 +114,25 @@ class TokenSurfaces:
         return cached
 
     def _compute_bytes(self, token_id: int) -> bytes:
-        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        return self._piece_bytes(token_id, self.tokenizer.convert_ids_to_tokens(token_id))
+
+    def vocabulary_bytes(self, size: int | None = None) -> list[bytes]:
+        """:meth:`bytes_of` every id below ``size`` (``len(tokenizer)``), computed in bulk and not cached."""
+        ids = list(range(len(self.tokenizer) if size is None else size))
+        return [self._piece_bytes(i, piece) for i, piece in zip(ids, self.tokenizer.convert_ids_to_tokens(ids))]
+
+    def _piece_bytes(self, token_id: int, piece: str | None) -> bytes:
         if piece is None:
             return b""
-        byte = _BYTE_PIECE.match(piece)
-        if byte and self.kind != "byte_level":
+        byte = self.kind != "byte_level" and _BYTE_PIECE.match(piece)
+        if byte:
             return bytes([int(byte.group(1), 16)])
         if token_id in self._added:
             return self._added[token_id].encode()
         if self.kind == "byte_level":
-            table = _byte_level_decoder()
-            if all(c in table for c in piece):
-                return bytes(table[c] for c in piece)
+            alphabet, to_bytes = _byte_level_pieces()
+            if alphabet.fullmatch(piece):
+                return piece.translate(to_bytes).encode("latin-1")
         elif self.kind == "metaspace":
             return piece.replace("▁", " ").encode()
         return self._decode_behind_anchor(token_id)
@@ -150,13 +166,6 @@ class TokenSurfaces:
         if text is None:
             text = self._normalised[token_id] = normalise(self.text_of(token_id))
         return text
-
-    @property
-    def codes(self) -> CodeTable:
-        """The normalised strings as code points, for the DTW kernels (filled as ids are met)."""
-        if self._codes is None:
-            self._codes = CodeTable(self)
-        return self._codes
 
     # -- encoding -------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -341,52 +350,65 @@ class Alignment:
         return float(sum(self.cost_matrix[i, j] for i, j in self.warping_path))
 
 
-class CodeTable:
-    """Every normalised token string met so far as Unicode code points in one flat array, indexed by id.
+class PairTable:
+    """Both tokenizers' normalised token strings as code points in one int64 array, for
+    :func:`dtw.align`.
 
-    Filled lazily, so a 150k-token vocabulary costs only the tokens actually aligned; looking tokens
-    up is then done inside the compiled DTW (:func:`dtw.align_ids`), not in Python.
+    ``table[id]`` holds a draft token's span and ``table[b_offset + id]`` a target token's (see
+    :mod:`tokentiming.dtw`), pointing at code points stored behind the entries. Every token of both
+    vocabularies is stored up front (a fraction of a second, once per pair), so a round never stops to
+    convert strings. The rounds' own cost is set by the CPU caches: a forward pass has just swept them,
+    and every Python and numpy object touched is a trip to memory. So one compiled call does the lookups
+    and the alignment, and the ids reach it through a buffer written via a memoryview instead of a new
+    array per round.
     """
 
-    def __init__(self, surfaces: TokenSurfaces):
-        self.surfaces = surfaces
-        self.known: set[int] = set()
-        self.codes = np.zeros(1024, dtype=np.int32)
-        self.used = 0
-        self.starts = np.zeros(0, dtype=np.int64)
-        self.lengths = np.zeros(0, dtype=np.int64)
+    def __init__(self, draft: TokenSurfaces, target: TokenSurfaces):
+        self.draft, self.target = draft, target
+        self.lock = threading.Lock()
+        self._ids_buffer(256)
+        self._build(len(draft.tokenizer), len(target.tokenizer))
 
-    def ids(self, token_ids: list[int]) -> np.ndarray:
-        """``token_ids`` as an array, each one's code points in the table."""
-        if not self.known.issuperset(token_ids):
-            for token_id in set(token_ids) - self.known:
-                self._add(int(token_id))
-        return np.array(token_ids, dtype=np.int64)
+    def _build(self, draft_vocab: int, target_vocab: int) -> None:
+        """Store the tokens with ids below these sizes (ids past a tokenizer's end spell nothing)."""
+        self.table, (_, self.b_offset, self.b_end) = dtw.table_of(
+            [[normalise(piece.decode("utf-8", errors="replace")) for piece in surfaces.vocabulary_bytes(size)]
+             for surfaces, size in ((self.draft, draft_vocab), (self.target, target_vocab))])
 
-    def _add(self, token_id: int) -> None:
-        points = np.frombuffer(self.surfaces.normalised_of(token_id).encode("utf-32-le"), dtype=np.int32)
-        if token_id >= len(self.starts):
-            size = max(token_id + 1, 2 * len(self.starts), 1024)
-            self.starts = np.concatenate([self.starts, np.zeros(size - len(self.starts), np.int64)])
-            self.lengths = np.concatenate([self.lengths, np.zeros(size - len(self.lengths), np.int64)])
-        if self.used + len(points) > len(self.codes):
-            self.codes = np.concatenate([self.codes, np.zeros(max(len(self.codes), len(points)), np.int32)])
-        self.codes[self.used:self.used + len(points)] = points
-        self.starts[token_id], self.lengths[token_id] = self.used, len(points)
-        self.used += len(points)
-        self.known.add(token_id)
+    def _ids_buffer(self, size: int) -> None:
+        self.ids = np.zeros(size, dtype=np.int64)
+        self.ids_view = memoryview(self.ids).cast("B").cast("q")
 
-    def tables(self):
-        return self.codes, self.starts, self.lengths
+    def align(self, draft_ids: list[int], proxy_ids: list[int], band: int):
+        """(cost matrix, warping path) between the draft tokens and the proxy tokens."""
+        with self.lock:
+            k, n = len(draft_ids), len(draft_ids) + len(proxy_ids)
+            if n > len(self.ids):
+                self._ids_buffer(2 * n)
+            view = self.ids_view
+            for position, token_id in enumerate(draft_ids):
+                view[position] = token_id
+            for position, token_id in enumerate(proxy_ids, start=k):
+                view[position] = token_id
+            cost, path = dtw.align(self.table, self.ids, k, n, self.b_offset, self.b_end, band)
+            if not path.size and k and n > k:  # an id past the table (a model's padded vocabulary): widen it
+                draft_vocab, target_vocab = self.b_offset, self.b_end - self.b_offset
+                self._build(max(draft_vocab, max(draft_ids) + 1), max(target_vocab, max(proxy_ids) + 1))
+                cost, path = dtw.align(self.table, self.ids, k, n, self.b_offset, self.b_end, band)
+            return cost, path
+
+
+@lru_cache(maxsize=8)
+def pair_table(draft: TokenSurfaces, target: TokenSurfaces) -> PairTable:
+    """The (shared, cached) table of a draft/target pair."""
+    return PairTable(draft, target)
 
 
 def align_tokens(draft_surfaces: TokenSurfaces, draft_ids: list[int], target_surfaces: TokenSurfaces,
                  proxy_ids: list[int], band: int = 8) -> Alignment:
     """DTW between draft tokens and proxy tokens (Levenshtein local cost, Sakoe-Chiba band)."""
     start = time.perf_counter()
-    draft_table, target_table = draft_surfaces.codes, target_surfaces.codes
-    cost, path = dtw.align_ids(draft_table.ids(draft_ids), *draft_table.tables(),
-                               target_table.ids(proxy_ids), *target_table.tables(), band)
+    cost, path = pair_table(draft_surfaces, target_surfaces).align(draft_ids, proxy_ids, band)
     elapsed_us = (time.perf_counter() - start) * 1e6
     return Alignment(
         draft_token_ids=list(draft_ids),
@@ -412,7 +434,7 @@ TOKENIZER_FAMILIES = {"byte_level": "byte-level BPE (Ġ)", "metaspace": "Sentenc
 
 def vocabulary_strings(surfaces: TokenSurfaces) -> set[str]:
     """Every ordinary token's string with space markers turned into spaces (special tokens left out)."""
-    return {surfaces.bytes_of(i).decode("utf-8", errors="replace") for i in range(len(surfaces.tokenizer))
+    return {piece.decode("utf-8", errors="replace") for i, piece in enumerate(surfaces.vocabulary_bytes())
             if i not in surfaces.special_ids}
 
 

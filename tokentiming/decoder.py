@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from . import dtw
-from .alignment import (TokenSurfaces, align_tokens, draft_text, reencode, resync, split_incomplete,
-                        surfaces_for, tokens_covering)
+from .alignment import (TokenSurfaces, align_tokens, draft_text, pair_table, reencode, resync,
+                        split_incomplete, surfaces_for, tokens_covering)
 from .kv import BUCKETS, DynamicKV, StaticKV, static_kv
 from .lean import LeanKV, lean_kv, unsupported
 from .trace import BONUS, CORRECTION, TARGET, Generation, RoundTrace, run_stats
@@ -332,8 +332,7 @@ class TokenTimingDecoder:
         self.target_model, self.target_tokenizer = target_model.eval(), target_tokenizer
         self.draft_model, self.draft_tokenizer = draft_model.eval(), draft_tokenizer
         self.stop_ids = eos_ids(target_model, target_tokenizer)
-        surfaces_for(target_tokenizer)
-        surfaces_for(draft_tokenizer)
+        pair_table(surfaces_for(draft_tokenizer), surfaces_for(target_tokenizer))  # built now, not in round 1
         dtw.warm_up()
 
     def stream(self, prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,

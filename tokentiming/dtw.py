@@ -1,50 +1,52 @@
 """Dynamic Time Warping between two token sequences, as numba kernels.
 
-Tokens arrive as one flat int32 array of Unicode code points plus an offsets array (token i is
-``codes[offsets[i]:offsets[i + 1]]``), so the kernels never touch Python strings. Three pure steps:
-``cost_matrix`` (Levenshtein distance of every token pair), ``cumulative_cost`` (banded DP) and
-``warping_path`` (backtrack). ``align`` runs all three in one compiled call.
+Tokens are looked up by id in a *table*: one flat int64 array whose first entries are spans (a
+token's start and length packed as ``start << 16 | length``) pointing at the Unicode code points
+stored behind them, so the kernels never touch Python strings. Three pure steps: ``cost_matrix``
+(Levenshtein distance of every token pair), ``cumulative_cost`` (banded DP) and ``warping_path``
+(backtrack). ``align`` runs all three in one compiled call.
 """
-
-from itertools import accumulate
 
 import numpy as np
 from numba import njit
 
 INF = np.inf
+LENGTH_BITS = 16
+MAX_TOKEN_LENGTH = (1 << LENGTH_BITS) - 1
 
 
 @njit(cache=True)
-def _levenshtein(a, b, row):
-    """Edit distance between code-point arrays ``a`` and ``b``; ``row`` is scratch of len(b) + 1."""
-    n = b.shape[0]
+def _levenshtein(table, a, b, row):
+    """Edit distance between the tokens with spans ``a`` and ``b``; ``row`` is scratch longer than b."""
+    a_start, a_length = a >> LENGTH_BITS, a & MAX_TOKEN_LENGTH
+    b_start, n = b >> LENGTH_BITS, b & MAX_TOKEN_LENGTH
     for j in range(n + 1):
         row[j] = j
-    for i in range(1, a.shape[0] + 1):
+    for i in range(1, a_length + 1):
         diagonal = row[0]
         row[0] = i
+        code = table[a_start + i - 1]
         for j in range(1, n + 1):
             above = row[j]
-            substitution = diagonal + (0 if a[i - 1] == b[j - 1] else 1)
+            substitution = diagonal + (0 if code == table[b_start + j - 1] else 1)
             row[j] = min(above + 1, row[j - 1] + 1, substitution)
             diagonal = above
     return row[n]
 
 
 @njit(cache=True)
-def cost_matrix(a_codes, a_offsets, b_codes, b_offsets):
-    """Local cost c[i, j] = Levenshtein distance between token i of ``a`` and token j of ``b``."""
-    k = a_offsets.shape[0] - 1
-    m = b_offsets.shape[0] - 1
+def cost_matrix(table, ids, k, n, b_offset):
+    """Local cost c[i, j] = Levenshtein distance between draft token ``ids[i]`` (i < k) and proxy token
+    ``ids[k + j]`` (k + j < n), whose spans are ``table[ids[i]]`` and ``table[b_offset + ids[k + j]]``."""
     longest = 0
-    for j in range(m):
-        longest = max(longest, b_offsets[j + 1] - b_offsets[j])
+    for j in range(k, n):
+        longest = max(longest, table[b_offset + ids[j]] & MAX_TOKEN_LENGTH)
     row = np.empty(longest + 1, dtype=np.int64)
-    cost = np.empty((k, m), dtype=np.float64)
+    cost = np.empty((k, n - k), dtype=np.float64)
     for i in range(k):
-        a = a_codes[a_offsets[i]:a_offsets[i + 1]]
-        for j in range(m):
-            cost[i, j] = _levenshtein(a, b_codes[b_offsets[j]:b_offsets[j + 1]], row)
+        a = table[ids[i]]
+        for j in range(n - k):
+            cost[i, j] = _levenshtein(table, a, table[b_offset + ids[k + j]], row)
     return cost
 
 
@@ -91,11 +93,11 @@ def warping_path(D):
     i = D.shape[0] - 1
     j = D.shape[1] - 1
     path = np.empty((i + j, 2), dtype=np.int32)
-    n = 0
+    n = path.shape[0]  # filled from the end, so the steps come out in forward order
     while i > 0 and j > 0:
+        n -= 1
         path[n, 0] = i - 1
         path[n, 1] = j - 1
-        n += 1
         diagonal = D[i - 1, j - 1]
         up = D[i - 1, j]
         left = D[i, j - 1]
@@ -106,62 +108,45 @@ def warping_path(D):
             i -= 1
         else:
             j -= 1
-    return path[:n][::-1].copy()
+    return path[n:]
 
 
 @njit(cache=True)
-def align(a_codes, a_offsets, b_codes, b_offsets, band):
-    """Cost matrix and warping path in one compiled call (empty when either side is empty)."""
-    cost = cost_matrix(a_codes, a_offsets, b_codes, b_offsets)
-    if cost.shape[0] == 0 or cost.shape[1] == 0:
+def align(table, ids, k, n, b_offset, b_end, band):
+    """Cost matrix and warping path between draft tokens ``ids[:k]`` (entries ``table[:b_offset]``) and
+    proxy tokens ``ids[k:n]`` (entries ``table[b_offset:b_end]``), in one compiled call.
+
+    The path is empty when either side is. Both come back empty when an id falls outside its part of
+    the table, so the caller can widen the table and call again.
+    """
+    for t in range(n):
+        if not 0 <= ids[t] < (b_offset if t < k else b_end - b_offset):
+            return np.empty((0, 0), dtype=np.float64), np.empty((0, 2), dtype=np.int32)
+    cost = cost_matrix(table, ids, k, n, b_offset)
+    if k == 0 or n == k:
         return cost, np.empty((0, 2), dtype=np.int32)
     return cost, warping_path(cumulative_cost(cost, band))
 
 
-@njit(cache=True)
-def align_packed(codes, offsets, k, band):
-    """:func:`align` on one buffer holding both sequences: the first ``k`` tokens are ``a``."""
-    return align(codes, offsets[:k + 1], codes, offsets[k:], band)
-
-
-@njit(cache=True)
-def _gather(ids, codes, starts, lengths):
-    """Flat code points and offsets of the tokens ``ids`` from a per-vocabulary table."""
-    offsets = np.empty(ids.shape[0] + 1, dtype=np.int64)
-    offsets[0] = 0
-    for n in range(ids.shape[0]):
-        offsets[n + 1] = offsets[n] + lengths[ids[n]]
-    out = np.empty(offsets[-1], dtype=np.int32)
-    for n in range(ids.shape[0]):
-        start = starts[ids[n]]
-        out[offsets[n]:offsets[n + 1]] = codes[start:start + lengths[ids[n]]]
-    return out, offsets
-
-
-@njit(cache=True)
-def align_ids(a_ids, a_codes, a_starts, a_lengths, b_ids, b_codes, b_starts, b_lengths, band):
-    """:func:`align` for token ids looked up in two code tables (see ``alignment.CodeTable``): the
-    decoding loop's path, with no Python string handling per round."""
-    a, a_offsets = _gather(a_ids, a_codes, a_starts, a_lengths)
-    b, b_offsets = _gather(b_ids, b_codes, b_starts, b_lengths)
-    return align(a, a_offsets, b, b_offsets, band)
-
-
-def pack(tokens: list[str]):
-    """Flatten token strings into (code points, offsets) for the kernels."""
+def table_of(vocabularies: list[list[str]]):
+    """A table holding each list of token strings, and where each list's entries start."""
+    tokens = [token for vocabulary in vocabularies for token in vocabulary]
+    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+    # No vocabulary has a token of 65k characters; one would be compared on its first 65k.
+    starts = len(tokens) + np.cumsum(lengths) - lengths
+    entries = starts << LENGTH_BITS | np.minimum(lengths, MAX_TOKEN_LENGTH)
     codes = np.frombuffer("".join(tokens).encode("utf-32-le"), dtype=np.int32)
-    return codes, np.array([0, *accumulate(map(len, tokens))], dtype=np.int64)
+    offsets = np.cumsum([0] + [len(vocabulary) for vocabulary in vocabularies])
+    return np.concatenate([entries, codes.astype(np.int64)]), offsets.tolist()
 
 
 def align_strings(a: list[str], b: list[str], band: int):
     """Cost matrix and warping path between two lists of (normalised) token strings."""
-    codes, offsets = pack(a + b)
-    return align_packed(codes, offsets, len(a), band)
+    table, (_, b_offset, b_end) = table_of([a, b])
+    ids = np.concatenate([np.arange(len(a)), np.arange(len(b))]).astype(np.int64)
+    return align(table, ids, len(a), len(ids), b_offset, b_end, band)
 
 
 def warm_up():
     """Load (or compile) the kernels now so the first round is not charged for it."""
     align_strings(["a", "bc"], ["ab", "c"], 8)
-    codes, starts, lengths = np.array([97, 98], dtype=np.int32), np.array([0, 1], dtype=np.int64), np.ones(2, np.int64)
-    ids = np.array([0, 1], dtype=np.int64)
-    align_ids(ids, codes, starts, lengths, ids, codes, starts, lengths, 8)
