@@ -101,3 +101,22 @@ def test_identical_sequences_align_on_the_diagonal_at_zero_cost():
 def test_empty_side_gives_an_empty_path():
     cost, path = dtw.align_strings([], ["a"], 8)
     assert cost.shape == (0, 1) and path.shape == (0, 2)
+
+
+def test_table_kernel_called_without_dispatch_gives_the_same_alignment():
+    table, (_, b_offset, b_end) = dtw.table_of([["def", " foo", "(x"], ["de", "f foo", "(", "x"]])
+    ids = np.array([0, 1, 2, 0, 1, 2, 3], dtype=np.int64)
+    direct = dtw.without_dispatch(dtw.align, table, ids, 3, 7, b_offset, b_end, 8)
+    assert direct is not dtw.align, "the compiled entry point should be found"
+    for expected, found in zip(dtw.align(table, ids, 3, 7, b_offset, b_end, 8),
+                               direct(table, ids, 3, 7, b_offset, b_end, 8)):
+        np.testing.assert_array_equal(found, expected)
+    cost, path = direct(table, ids, 3, 7, b_offset, b_end, 8)
+    assert cost.tolist() == dtw.align_strings(["def", " foo", "(x"], ["de", "f foo", "(", "x"], 8)[0].tolist()
+    assert path[0].tolist() == [0, 0] and path[-1].tolist() == [2, 3]
+
+
+def test_ids_outside_the_table_give_empty_results():
+    table, (_, b_offset, b_end) = dtw.table_of([["a"], ["a"]])
+    cost, path = dtw.align(table, np.array([0, 1], dtype=np.int64), 1, 2, b_offset, b_end, 8)
+    assert cost.shape == (0, 0) and path.shape == (0, 2)

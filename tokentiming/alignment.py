@@ -368,6 +368,7 @@ class PairTable:
         self.lock = threading.Lock()
         self._ids_buffer(256)
         self._build(len(draft.tokenizer), len(target.tokenizer))
+        self.kernel = dtw.without_dispatch(dtw.align, self.table, self.ids, 0, 0, 0, 0, 0)
 
     def _build(self, draft_vocab: int, target_vocab: int) -> None:
         """Store the tokens with ids below these sizes (ids past a tokenizer's end spell nothing)."""
@@ -386,15 +387,13 @@ class PairTable:
             if n > len(self.ids):
                 self._ids_buffer(2 * n)
             view = self.ids_view
-            for position, token_id in enumerate(draft_ids):
+            for position, token_id in enumerate(draft_ids + proxy_ids):
                 view[position] = token_id
-            for position, token_id in enumerate(proxy_ids, start=k):
-                view[position] = token_id
-            cost, path = dtw.align(self.table, self.ids, k, n, self.b_offset, self.b_end, band)
+            cost, path = self.kernel(self.table, self.ids, k, n, self.b_offset, self.b_end, int(band))
             if not path.size and k and n > k:  # an id past the table (a model's padded vocabulary): widen it
                 draft_vocab, target_vocab = self.b_offset, self.b_end - self.b_offset
                 self._build(max(draft_vocab, max(draft_ids) + 1), max(target_vocab, max(proxy_ids) + 1))
-                cost, path = dtw.align(self.table, self.ids, k, n, self.b_offset, self.b_end, band)
+                cost, path = self.kernel(self.table, self.ids, k, n, self.b_offset, self.b_end, int(band))
             return cost, path
 
 

@@ -8,7 +8,7 @@ stored behind them, so the kernels never touch Python strings. Three pure steps:
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, typeof
 
 INF = np.inf
 LENGTH_BITS = 16
@@ -145,6 +145,17 @@ def align_strings(a: list[str], b: list[str], band: int):
     table, (_, b_offset, b_end) = table_of([a, b])
     ids = np.concatenate([np.arange(len(a)), np.arange(len(b))]).astype(np.int64)
     return align(table, ids, len(a), len(ids), b_offset, b_end, band)
+
+
+def without_dispatch(kernel, *example):
+    """``kernel``'s compiled code for the argument types of ``example``, to call with exactly those types.
+
+    numba's dispatcher works out every call's argument types; right after a forward pass has swept the
+    CPU caches, that costs about as much as a small alignment itself.
+    """
+    kernel(*example)
+    compiled = kernel.overloads.get(tuple(typeof(argument) for argument in example))
+    return getattr(compiled, "entry_point", kernel)  # numba's own dispatch, should that ever move
 
 
 def warm_up():
