@@ -405,25 +405,36 @@ def pair_table(draft: TokenSurfaces, target: TokenSurfaces) -> PairTable:
 
 def align_tokens(draft_surfaces: TokenSurfaces, draft_ids: list[int], target_surfaces: TokenSurfaces,
                  proxy_ids: list[int], band: int = 8) -> Alignment:
-    """DTW between draft tokens and proxy tokens (Levenshtein local cost, Sakoe-Chiba band)."""
+    """DTW between draft tokens and proxy tokens (Levenshtein local cost, Sakoe-Chiba band), through the
+    pair's :class:`PairTable`: the decoding loop's path."""
     start = time.perf_counter()
     cost, path = pair_table(draft_surfaces, target_surfaces).align(draft_ids, proxy_ids, band)
-    elapsed_us = (time.perf_counter() - start) * 1e6
-    return Alignment(
-        draft_token_ids=list(draft_ids),
-        draft_tokens=[draft_surfaces.text_of(i) for i in draft_ids],
-        proxy_token_ids=list(proxy_ids),
-        proxy_tokens=[target_surfaces.text_of(i) for i in proxy_ids],
-        cost_matrix=cost, warping_path=path, band=band, align_us=elapsed_us)
+    return _alignment(draft_surfaces, draft_ids, target_surfaces, proxy_ids, band, cost, path, start)
 
 
 def align_text(text: str, draft_tokenizer, target_tokenizer, band: int = 8) -> Alignment:
-    """Tokenise ``text`` with both tokenizers and align the two token sequences with DTW."""
+    """Tokenise ``text`` with both tokenizers and align the two token sequences with DTW.
+
+    A one-off: it compares the strings of just these tokens and builds no pair table."""
     if band < 0:
         raise ValueError(f"band must be >= 0, got {band}")
-    draft = surfaces_for(draft_tokenizer)
-    target = surfaces_for(target_tokenizer)
-    return align_tokens(draft, _encode_bare(draft, text), target, _encode_bare(target, text), band)
+    draft, target = surfaces_for(draft_tokenizer), surfaces_for(target_tokenizer)
+    draft_ids, proxy_ids = _encode_bare(draft, text), _encode_bare(target, text)
+    start = time.perf_counter()
+    cost, path = dtw.align_strings([draft.normalised_of(i) for i in draft_ids],
+                                   [target.normalised_of(i) for i in proxy_ids], band)
+    return _alignment(draft, draft_ids, target, proxy_ids, band, cost, path, start)
+
+
+def _alignment(draft: TokenSurfaces, draft_ids: list[int], target: TokenSurfaces, proxy_ids: list[int], band: int,
+               cost: np.ndarray, path: np.ndarray, start: float) -> Alignment:
+    elapsed_us = (time.perf_counter() - start) * 1e6
+    return Alignment(
+        draft_token_ids=list(draft_ids),
+        draft_tokens=[draft.text_of(i) for i in draft_ids],
+        proxy_token_ids=list(proxy_ids),
+        proxy_tokens=[target.text_of(i) for i in proxy_ids],
+        cost_matrix=cost, warping_path=path, band=band, align_us=elapsed_us)
 
 
 # -- pair facts ---------------------------------------------------------------------------------------
