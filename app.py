@@ -21,13 +21,14 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
-from tokentiming import Alignment, TokenTimingDecoder, align_text, figures, stream_autoregressive  # noqa: E402
-from tokentiming.alignment import pair_facts  # noqa: E402
-from tokentiming.decoder import DEFAULT_ADAPTIVE, DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS  # noqa: E402
-from tokentiming.kv import static_supported  # noqa: E402
+from tokentiming import Alignment, TokenTimingDecoder, align_text, stream_autoregressive  # noqa: E402
+from tokentiming.core.facts import pair_facts  # noqa: E402
+from tokentiming.core.decoder import DEFAULT_ADAPTIVE, DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS  # noqa: E402
+from tokentiming.backends.kv import static_supported  # noqa: E402
+from tokentiming.views import figures  # noqa: E402
 from tokentiming.models import load, load_tokenizer, model_choices, pair_from_env  # noqa: E402
-from tokentiming.trace import run_stats  # noqa: E402
-from tokentiming.verification import VERIFIERS  # noqa: E402
+from tokentiming.core.trace import run_stats  # noqa: E402
+from tokentiming.core.verification import VERIFIERS  # noqa: E402
 
 UPDATE_EVERY_S = 0.5  # how often the text and statistics are redrawn while rounds stream in
 PLOTS_EVERY_S = 2.0  # the plots cost the browser far more to redraw

@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from tokentiming import align_text, dtw
-from tokentiming.alignment import (TokenSurfaces, _byte_level_decoder, align_tokens, draft_text, reencode, resync,
-                                   split_incomplete, surfaces_for)
+from tokentiming import align_text
+from tokentiming.core import dtw
+from tokentiming.core.alignment import align_tokens
+from tokentiming.core.reencode import draft_text, reencode, resync
+from tokentiming.core.surfaces import TokenSurfaces, _byte_level_decoder, split_incomplete, surfaces_for
 from tokentiming.models import LOCAL_PRESETS
 
 PAIR = {name: os.environ.get(f"TOKENTIMING_TEST_{name.upper().replace('-', '_')}", str(path))

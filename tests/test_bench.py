@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tokentiming import bench
+from tokentiming.tools import bench
 
 
 @pytest.fixture(scope="module")

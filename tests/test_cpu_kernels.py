@@ -9,9 +9,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from tokentiming import TokenTimingDecoder, autoregressive
-from tokentiming.cpu import ROWS, accelerate, small_linear
-from tokentiming.kv import DynamicKV
-from tokentiming.lean import LeanKV, lean_kv, unsupported
+from tokentiming.backends.cpu import ROWS, accelerate, small_linear
+from tokentiming.backends.kv import DynamicKV
+from tokentiming.backends.lean import LeanKV, lean_kv, unsupported
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 7, 16, ROWS + 3])

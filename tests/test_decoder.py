@@ -10,9 +10,9 @@ import torch
 from scipy.stats import chisquare
 
 from tokentiming import TokenTimingDecoder, autoregressive
-from tokentiming.alignment import split_incomplete, surfaces_for
-from tokentiming.decoder import render_prompt
-from tokentiming.verification import Sampling
+from tokentiming.core.surfaces import split_incomplete, surfaces_for
+from tokentiming.core.decoder import render_prompt
+from tokentiming.core.verification import Sampling
 
 PROMPTS = [
     "def fibonacci(n):",
@@ -84,7 +84,7 @@ def test_drafts_are_accepted_on_the_pairs_own_domain(decoder):
     """Prompts cut from the text both tiny models were trained on: the draft's proposals get accepted."""
     import random
 
-    from tokentiming import tinypair
+    from tokentiming.tools import tinypair
 
     documents = tinypair.build_corpus(tinypair.BuildConfig())[:-2]  # the code (prose and unicode come last)
     rng = random.Random(0)
@@ -149,7 +149,7 @@ def test_seeds_make_sampling_reproducible(decoder):
 
 
 def test_transfer_verifier_runs_and_is_labelled_experimental(decoder):
-    from tokentiming.verification import verify_transfer
+    from tokentiming.core.verification import verify_transfer
 
     assert "LOSSY" in verify_transfer.__doc__
     generation = decoder.generate("def ", max_new_tokens=20, temperature=0.8, verifier="transfer", seed=1)

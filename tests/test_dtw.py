@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from tokentiming import dtw
+from tokentiming.core import dtw
 
 
 def levenshtein_reference(a: str, b: str) -> int:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from tokentiming import autoregressive, figures
+from tokentiming import autoregressive
+from tokentiming.views import figures
 
 
 @pytest.fixture(scope="module")

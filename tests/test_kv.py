@@ -1,6 +1,6 @@
 """Cache backends: the static cache (padding, rewinding, growing) must give the eager cache's results.
 
-CUDA graph capture itself needs a GPU (``python -m tokentiming.gpubench`` checks it there: every method's
+CUDA graph capture itself needs a GPU (``python -m tokentiming.tools.gpubench`` checks it there: every method's
 greedy ids against the target alone's); here the static cache runs eagerly, with and without padding.
 """
 
@@ -9,7 +9,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tokentiming import TokenTimingDecoder, autoregressive
-from tokentiming.kv import BUCKETS, DynamicKV, StaticKV, static_kv
+from tokentiming.backends.kv import BUCKETS, DynamicKV, StaticKV, static_kv
 
 PROMPTS = ["def mean(values):\n", "class Point:\n    def __init__(self", "Hello 世界 🙂 naïve", "import os\n"]
 

@@ -12,9 +12,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from tokentiming import fetch as fetching
+from tokentiming.models import fetch as fetching
 from tokentiming.models import ModelSpecError, load, presets, require_chat_template, resolve
-from tokentiming.presets import DEFAULT_PAIR, PRESETS, TEST_PAIR, Preset, Wheel
+from tokentiming.models.presets import DEFAULT_PAIR, PRESETS, TEST_PAIR, Preset, Wheel
 
 TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
 

@@ -49,7 +49,7 @@ def _kernel_env() -> dict:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
 def test_notebook_runs(path):
-    assert TINY_TARGET.exists(), "the tiny pair is missing: python -m tokentiming.tinypair rebuilds it"
+    assert TINY_TARGET.exists(), "the tiny pair is missing: python -m tokentiming.tools.tinypair rebuilds it"
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3", allow_errors=False,
                                      resources={"metadata": {"path": str(NOTEBOOK_DIR)}})

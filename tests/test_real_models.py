@@ -6,8 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokentiming import TokenTimingDecoder, autoregressive
-from tokentiming.alignment import draft_text, reencode, resync, split_incomplete, surfaces_for
-from tokentiming.presets import TEST_PAIR
+from tokentiming.core.reencode import draft_text, reencode, resync
+from tokentiming.core.surfaces import split_incomplete, surfaces_for
+from tokentiming.models.presets import TEST_PAIR
 
 pytestmark = pytest.mark.real_models
 
@@ -58,7 +59,7 @@ def test_drafts_are_accepted_on_code_prompts(real_decoder):
 # -- three real tokenizer families ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def families():
-    from tokentiming.fetch import load_tokenizer
+    from tokentiming.models.fetch import load_tokenizer
 
     return {name: surfaces_for(load_tokenizer(name, accept_licence=name == "gemma-3-270m"))
             for name in ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma-3-270m")}

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from tokentiming.verification import Sampling, verify_greedy, verify_tokentiming, verify_transfer
+from tokentiming.core.verification import Sampling, verify_greedy, verify_tokentiming, verify_transfer
 
 P = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05])  # the target's distribution
 Q = torch.tensor([0.1, 0.6, 0.1, 0.1, 0.1])  # how proposals are drawn (unknown to the verifier)

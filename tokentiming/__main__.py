@@ -6,12 +6,12 @@ import argparse
 import json
 import sys
 
-from .decoder import DEFAULT_ADAPTIVE, DEFAULT_DRAFT_TOKENS
-from .verification import VERIFIERS
+from .core.decoder import DEFAULT_ADAPTIVE, DEFAULT_DRAFT_TOKENS
+from .core.verification import VERIFIERS
 
 
 def _generate(args) -> int:
-    from .decoder import TokenTimingDecoder, autoregressive, finish, stream_autoregressive, eos_ids
+    from .core.decoder import TokenTimingDecoder, autoregressive, finish, stream_autoregressive, eos_ids
     from .models import load
 
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
@@ -61,7 +61,7 @@ def _progress_bar(total_hint: str):
 def _bench(args) -> int:
     from pathlib import Path
 
-    from . import bench
+    from .tools import bench
     from .models import load
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -95,7 +95,7 @@ def _bench(args) -> int:
 
 
 def _rank_drafts(args) -> int:
-    from . import bench
+    from .tools import bench
     from .models import load
 
     prompts = bench.load_prompts(args.prompts)[:args.limit]
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     rank.add_argument("--device", default="auto")
     rank.add_argument("--dtype", default="auto")
 
-    from .fetch import add_fetch_command, run_fetch_command
+    from .models.fetch import add_fetch_command, run_fetch_command
 
     add_fetch_command(commands)
 

@@ -1,6 +1,6 @@
 """Build a tiny draft/target pair of causal LMs with genuinely different tokenizers.
 
-    python -m tokentiming.tinypair [--out assets/tiny-pair] [--steps N] [--threads N]
+    python -m tokentiming.tools.tinypair [--out assets/tiny-pair] [--steps N] [--threads N]
 
 Both models are trained from scratch, on CPU, on the same small text (a slice
 of the Python standard library plus a short embedded prose/dialogue passage),

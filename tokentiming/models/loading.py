@@ -9,9 +9,10 @@ import difflib
 import os
 from pathlib import Path
 
+from .errors import ModelSpecError, hub_offline
 from .presets import DEFAULT_PAIR, PRESETS
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
 #: Presets that ship with the project (no download needed).
 LOCAL_PRESETS = {
@@ -20,17 +21,8 @@ LOCAL_PRESETS = {
 }
 
 
-class ModelSpecError(ValueError):
-    """A model spec that cannot be turned into a loaded model; the message says what to do."""
-
-
 def presets() -> list[str]:
     return sorted(LOCAL_PRESETS) + list(PRESETS)
-
-
-def hub_offline() -> bool:
-    """Whether hub access is switched off (``HF_HUB_OFFLINE``), read now rather than at import."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _in_hub_cache(hub_id: str) -> bool:
@@ -114,7 +106,7 @@ def pick_dtype(dtype, device):
 def load(spec: str, device: str = "auto", dtype="auto", trust_remote_code: bool = False, cpu_kernels: bool = True):
     """Load ``(model, tokenizer)`` for a spec; CUDA and bf16 when available, else CPU and fp32.
 
-    On a CPU in fp32, ``cpu_kernels`` routes the linear layers' inference through :mod:`tokentiming.cpu`
+    On a CPU in fp32, ``cpu_kernels`` routes the linear layers' inference through :mod:`tokentiming.backends.cpu`
     (decoding steps, verify passes and prompt prefill run faster there than on PyTorch's kernel)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -133,7 +125,7 @@ def load(spec: str, device: str = "auto", dtype="auto", trust_remote_code: bool 
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     model = model.to(device).eval()
     if cpu_kernels and model.device.type == "cpu" and str(model.dtype) == "torch.float32":
-        from .cpu import accelerate
+        from ..backends.cpu import accelerate
 
         accelerate(model)
     return model, tokenizer

@@ -7,7 +7,7 @@ The BLAS behind ``torch.nn.functional.linear`` does not manage that on every CPU
 (AVX2) machine the benchmarks ran on, eight 8960x1536 weights took twice as long for 2 rows as for 1,
 and five times as long for 6. This kernel, numba-compiled for the machine it runs on, took 1.7 times
 as long for 6 rows as for 1, and beat the BLAS for 1 row and for prompts of up to 256 tokens too
-(``python -m tokentiming.cpu`` measures it on yours).
+(``python -m tokentiming.backends.cpu`` measures it on yours).
 
 :func:`accelerate` routes the ``nn.Linear`` layers of a model through it in inference; training, other
 dtypes and other devices keep PyTorch's own kernel.
@@ -29,7 +29,7 @@ ROWS = 256
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _rows_times_weight(x, w, out):  # pragma: no cover - compiled
+def rows_times_weight(x, w, out):  # pragma: no cover - compiled
     """out[m, o] = x[m] . w[o], for every row m of x (M x I) and row o of w (O x I).
 
     Each thread takes 4 weight rows at a time and pairs input rows, so each weight value loaded serves
@@ -83,10 +83,10 @@ def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if not flat.is_contiguous():
         flat = flat.contiguous()
     out = torch.empty((flat.shape[0], weight.shape[0]), dtype=torch.float32)
-    _match_torch_threads()
+    match_torch_threads()
     w, xs, outs = weight.detach().numpy(), flat.numpy(), out.numpy()
     for start in range(0, flat.shape[0], ROWS):
-        _rows_times_weight(xs[start:start + ROWS], w, outs[start:start + ROWS])
+        rows_times_weight(xs[start:start + ROWS], w, outs[start:start + ROWS])
     if bias is not None:
         out += bias
     return out.view(*x.shape[:-1], weight.shape[0])
@@ -95,7 +95,7 @@ def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 _local = threading.local()
 
 
-def _match_torch_threads() -> None:
+def match_torch_threads() -> None:
     """numba's thread count follows torch's (a per-thread setting in both, so checked per calling thread)."""
     threads = torch.get_num_threads()
     if getattr(_local, "threads", None) != threads:

@@ -9,7 +9,7 @@ function over the model's own weights, stacked per layer.
 It is for drafts only. Its logits equal transformers' up to float rounding (summation order), not bit
 for bit, and a draft can afford that: every token it proposes is verified by the target, so what the
 draft computes changes only how many proposals are accepted, never the output. The target keeps
-transformers' forward (or :mod:`tokentiming.kv`'s static cache), so its output stays exact.
+transformers' forward (or :mod:`tokentiming.backends.kv`'s static cache), so its output stays exact.
 
 Supported: Llama, Qwen2 and Mistral checkpoints with SiLU MLPs, full attention, optional q/k/v biases and
 a rotary embedding of fixed frequencies; anything else runs on transformers as usual
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .cpu import _match_torch_threads, _rows_times_weight
+from .cpu import match_torch_threads, rows_times_weight
 from .kv import reusable
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
@@ -58,7 +58,7 @@ def _stack(tensors) -> np.ndarray:
 
 
 class LeanKV:
-    """The :mod:`tokentiming.kv` contract (``forward``, ``truncate``, ``length``) for a supported draft."""
+    """The :mod:`tokentiming.backends.kv` contract (``forward``, ``truncate``, ``length``) for a supported draft."""
 
     def __init__(self, model, capacity: int = 1024):
         reason = unsupported(model)
@@ -125,7 +125,7 @@ class LeanKV:
     def forward(self, ids: list[int], keep: int = 1) -> torch.Tensor:
         if self.length + len(ids) > self.capacity:
             self._grow(max(2 * self.capacity, self.length + len(ids) + 256))
-        _match_torch_threads()
+        match_torch_threads()
         logits = np.empty((keep, self.head.shape[0]), np.float32)
         _forward(np.asarray(ids, np.int64), self.length, self.embed, self.w_qkv, self.b_qkv, self.w_o,
                  self.w_gate_up, self.w_down, self.norm_in, self.norm_post, self.norm_final, self.head,
@@ -214,7 +214,7 @@ def _forward(tokens, start, embed, w_qkv, b_qkv, w_o, w_gate_up, w_down, norm_in
     k_offset, v_offset = heads * head_dim, (heads + kv_heads) * head_dim
     for layer in range(w_qkv.shape[0]):
         _rms_norm(x, norm_in[layer], eps, h)
-        _rows_times_weight(h, w_qkv[layer], qkv)
+        rows_times_weight(h, w_qkv[layer], qkv)
         qkv += b_qkv[layer]
         for t in range(rows):
             position = start + t
@@ -226,18 +226,18 @@ def _forward(tokens, start, embed, w_qkv, b_qkv, w_o, w_gate_up, w_down, norm_in
                 keys[layer, g, position] = k
                 values[layer, g, position] = qkv[t, v_offset + g * head_dim:v_offset + (g + 1) * head_dim]
         _attend(qkv, keys[layer], values[layer], start, heads, kv_heads, scale, attended)
-        _rows_times_weight(attended, w_o[layer], projected)
+        rows_times_weight(attended, w_o[layer], projected)
         x += projected
         _rms_norm(x, norm_post[layer], eps, h)
-        _rows_times_weight(h, w_gate_up[layer], gate_up)
+        rows_times_weight(h, w_gate_up[layer], gate_up)
         for t in range(rows):
             for i in range(inner):
                 g = gate_up[t, i]
                 act[t, i] = g / (np.float32(1.0) + np.exp(-g)) * gate_up[t, inner + i]
-        _rows_times_weight(act, w_down[layer], projected)
+        rows_times_weight(act, w_down[layer], projected)
         x += projected
     keep = logits.shape[0]
     last = np.empty((keep, width), np.float32)
     _rms_norm(x[rows - keep:], norm_final, eps, last)
-    _rows_times_weight(last, head, logits)
+    rows_times_weight(last, head, logits)
 

@@ -3,7 +3,7 @@
 Methods: ``ar`` (target alone, our loop), ``hf-ar`` (transformers ``generate`` alone), ``tokentiming`` (ours)
 and ``hf-uag`` (transformers' assisted generation across tokenizers: string-level matching when greedy, its
 vocabulary-intersection path when sampling). ``ar-static`` and ``tokentiming-static`` run our loops on static
-KV caches replayed from CUDA graphs on a GPU (:mod:`tokentiming.kv`). Our loops count their own forward passes
+KV caches replayed from CUDA graphs on a GPU (:mod:`tokentiming.backends.kv`). Our loops count their own forward passes
 (graph replays never call the model's ``forward``); transformers' are counted with hooks on the models.
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from .decoder import (DEFAULT_ADAPTIVE, DEFAULT_DRAFT_TOKENS, TokenTimingDecoder, autoregressive,
+from ..core.decoder import (DEFAULT_ADAPTIVE, DEFAULT_DRAFT_TOKENS, TokenTimingDecoder, autoregressive,
                       render_prompt)
-from .verification import Sampling
+from ..core.verification import Sampling
 
 METHODS = ("ar", "hf-ar", "tokentiming", "hf-uag", "ar-static", "tokentiming-static")
 BUILTIN_PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "prompts.jsonl"

