@@ -1,32 +1,33 @@
-"""Facts about a draft/target pair of tokenizers: sizes, families, shared token strings."""
+"""Facts about a draft/target pair of tokenizers: sizes, families, the tokens they share byte for byte."""
 
 from __future__ import annotations
 
-from .surfaces import TokenSurfaces, surfaces_for
-
+from .intersection import intersection_for
+from .surfaces import surfaces_for
 
 TOKENIZER_FAMILIES = {"byte_level": "byte-level BPE (Ġ)", "metaspace": "SentencePiece-style (▁)",
                       "decode": "other (surfaces by decoding)"}
 
 
-def vocabulary_strings(surfaces: TokenSurfaces) -> set[str]:
-    """Every ordinary token's string with space markers turned into spaces (special tokens left out)."""
-    return {piece.decode("utf-8", errors="replace") for i, piece in enumerate(surfaces.vocabulary_bytes())
-            if i not in surfaces.special_ids}
-
-
 def pair_facts(draft_tokenizer, target_tokenizer) -> dict:
-    """Vocabulary sizes, their exact-string overlap, tokenizer families, and whether they are one tokenizer."""
+    """Vocabulary sizes, their intersection, tokenizer families, and whether they are one tokenizer.
+
+    ``intersection`` counts the ordinary tokens (special tokens left out) that write the same bytes in both
+    vocabularies, whatever their spelling ("Ġa" and "▁a" are one token); its shares are of each vocabulary's
+    distinct byte strings. ``overlap``, ``overlap_of_draft`` and ``overlap_of_target`` are older names for
+    the same numbers."""
     draft, target = surfaces_for(draft_tokenizer), surfaces_for(target_tokenizer)
-    draft_strings, target_strings = vocabulary_strings(draft), vocabulary_strings(target)
-    overlap = len(draft_strings & target_strings)
+    shared = intersection_for(draft, target, len(draft_tokenizer), len(target_tokenizer))
     same = draft_tokenizer.get_vocab() == target_tokenizer.get_vocab()
     return {
         "draft_vocab": len(draft_tokenizer),
         "target_vocab": len(target_tokenizer),
-        "overlap": overlap,
-        "overlap_of_draft": overlap / max(1, len(draft_strings)),
-        "overlap_of_target": overlap / max(1, len(target_strings)),
+        "intersection": shared.size,
+        "intersection_of_draft": shared.share_of_draft,
+        "intersection_of_target": shared.share_of_target,
+        "overlap": shared.size,
+        "overlap_of_draft": shared.share_of_draft,
+        "overlap_of_target": shared.share_of_target,
         "draft_family": TOKENIZER_FAMILIES[draft.kind],
         "target_family": TOKENIZER_FAMILIES[target.kind],
         "same_tokenizer": same,

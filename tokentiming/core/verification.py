@@ -2,9 +2,15 @@
 
 Every rule takes the target's scores for the m proxy positions plus the bonus position, shaped
 ``(batch, m + 1, vocab)``, and the proxies ``(batch, m)``; it returns how many proxies each row
-accepts and the token the target writes next (a correction after a rejection, or the bonus).
-The decoder calls them with a batch of one; tests call them with large batches to check the
-output distribution.
+accepts ``(batch,)`` and the token the target writes next ``(batch,)`` (a correction after a
+rejection, or the bonus). The decoder calls them with a batch of one; tests call them with large
+batches to check the output distribution.
+
+The sampled rules are one rule, speculative sampling's ratio test, told different things about the
+proposal: accept proxy t with probability min(1, p(t) / q(t)), and after a rejection sample from
+max(0, p - q) renormalised. ``verify_tli`` is told the true proposal distribution q (exact);
+``verify_tokentiming`` is told q = 1 at the proxy (exact for any proposal); ``verify_transfer`` is
+told a carried-over draft probability at the proxy (biased).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-VERIFIERS = ("tokentiming", "greedy", "transfer")
+VERIFIERS = ("tokentiming", "greedy", "tli", "transfer")
 
 
 @dataclass(frozen=True)
@@ -93,37 +99,71 @@ def _sample_after(probs, proxies, accepted, residual, generator):
     return torch.multinomial(row, 1, generator=generator).squeeze(-1)
 
 
-def verify_tokentiming(probs: torch.Tensor, proxies: torch.Tensor, generator: torch.Generator | None):
-    """The lossless rule: accept proxy t with probability p(t); on rejection sample from p with t
-    removed. Exact for any proposal, since P(out = y) = p(y) whatever t was."""
+def _ratio_rule(probs, proxies, q_proxy, q_rows, generator):
+    """Speculative sampling's ratio test, the core of every sampled rule.
+
+    ``q_proxy`` (batch, m) is the proposal probability the verifier is told for each proxy. ``q_rows``
+    (batch, m, vocab) is the whole proposal distribution at each position, or None to say all of it sits
+    on the proxy (then q = q_proxy there and 0 elsewhere)."""
     m = proxies.shape[-1]
     p_proxy = _proxy_probs(probs, proxies)
     uniform = torch.rand(p_proxy.shape, generator=generator, device=probs.device)
-    accepted = _prefix_length(uniform < p_proxy)
+    accepted = _prefix_length(uniform * q_proxy < p_proxy)  # u < min(1, p / q), without dividing by q
     residual = None
     if m:
         position = accepted.clamp(max=m - 1)
-        residual = _row(probs, position).scatter(-1, proxies.gather(-1, position.unsqueeze(-1)), 0.0)
+        row = _row(probs, position)
+        if q_rows is None:
+            token = proxies.gather(-1, position.unsqueeze(-1))
+            lowered = (row.gather(-1, token) - q_proxy.gather(-1, position.unsqueeze(-1))).clamp(min=0)
+            residual = row.scatter(-1, token, lowered)
+        else:
+            residual = (row - _row(q_rows, position)).clamp(min=0)
     return accepted, _sample_after(probs, proxies, accepted, residual, generator)
+
+
+def verify_tli(probs: torch.Tensor, proxies: torch.Tensor, draft_probs: torch.Tensor,
+               generator: torch.Generator | None):
+    """Token-level intersection: standard speculative sampling, exact because the proposal is known.
+
+    ``draft_probs`` (batch, m, vocab) is the distribution each proxy was drawn from, in the target's
+    vocabulary: the draft's processed distribution restricted to the intersection (:func:`restrict`),
+    moved onto target ids (``Intersection.in_target_space``), zero outside the intersection. Proxy j is
+    accepted with min(1, p_j(t_j) / q_j(t_j)); the first rejection samples from max(0, p_j - q_j)
+    renormalised; if all are accepted the bonus comes from p_{m+1}. Then P(out = y) = p(y) exactly
+    (Leviathan et al. 2023; Chen et al. 2023)."""
+    return _ratio_rule(probs, proxies, _proxy_probs(draft_probs, proxies), draft_probs, generator)
+
+
+def restrict(draft_probs: torch.Tensor, mask: torch.Tensor):
+    """The draft's distribution restricted to the intersection and renormalised, and the mass it kept.
+
+    ``draft_probs`` (..., draft_width) and ``mask`` (draft_width,) give ``(restricted, kept)`` shaped
+    (..., draft_width) and (...). Where no mass is left inside the intersection ``kept`` is 0 and the row
+    is all zeros: there is nothing to draft, so drafting stops."""
+    inside = draft_probs * mask
+    kept = inside.sum(-1)
+    return inside / kept.unsqueeze(-1).clamp(min=torch.finfo(inside.dtype).tiny), kept
 
 
 def verify_transfer(probs: torch.Tensor, proxies: torch.Tensor, transferred: torch.Tensor,
                     generator: torch.Generator | None):
     """EXPERIMENTAL and LOSSY: the paper's described probability transfer.
 
-    Each proxy is accepted with min(1, p(t) / q~) where q~ is the draft probability carried over
-    along the warping path; the residual is max(0, p - q~ at t). Because q~ is not the true
-    probability of proposing t, the output does not follow the target's distribution."""
-    m = proxies.shape[-1]
-    p_proxy = _proxy_probs(probs, proxies)
-    ratio = (p_proxy / transferred.clamp(min=1e-12)).clamp(max=1.0)
-    uniform = torch.rand(p_proxy.shape, generator=generator, device=probs.device)
-    accepted = _prefix_length(uniform < ratio)
-    residual = None
-    if m:
-        position = accepted.clamp(max=m - 1)
-        token = proxies.gather(-1, position.unsqueeze(-1))
-        row = _row(probs, position)
-        lowered = (row.gather(-1, token) - transferred.gather(-1, position.unsqueeze(-1))).clamp(min=0)
-        residual = row.scatter(-1, token, lowered)
-    return accepted, _sample_after(probs, proxies, accepted, residual, generator)
+    Each proxy is accepted with min(1, p(t) / q~) where q~ (batch, m) is the draft probability carried
+    over along the warping path; the residual is max(0, p - q~ at t). The ratio rule is exact only when
+    it is told the true probability of proposing t, or told 1 (:func:`verify_tokentiming`); q~ is
+    neither, so the output does not follow the target's distribution."""
+    return _ratio_rule(probs, proxies, transferred, None, generator)
+
+
+def verify_tokentiming(probs: torch.Tensor, proxies: torch.Tensor, generator: torch.Generator | None):
+    """The lossless rule: :func:`verify_transfer` with q~ = 1, a proposal believed certain.
+
+    Accepting with min(1, p(t) / 1) = p(t) and sampling a rejection from max(0, p - 1 * [y = t]), which
+    is p with t removed, gives P(out = y) = sum_t Q(t) (p(t) [y = t] + p(y) [y != t]) = p(y) whatever
+    distribution Q the proxies came from, so nothing about Q needs to be known. Transfer plugs in a q~
+    that is not the true proposal probability, which is why it is biased; TLI (:func:`verify_tli`)
+    plugs in the true one."""
+    return verify_transfer(probs, proxies, torch.ones(proxies.shape, dtype=probs.dtype, device=probs.device),
+                           generator)
