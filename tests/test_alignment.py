@@ -194,7 +194,8 @@ def test_align_text_on_tricky_text(text):
     assert path[0] == [0, 0] and path[-1] == [k - 1, m - 1]
     assert all(0 <= b[0] - a[0] <= 1 and 0 <= b[1] - a[1] <= 1 and a != b for a, b in zip(path, path[1:]))
     assert all(alignment.proxy_to_draft)
-    assert "".join(alignment.proxy_tokens).lstrip() == text.lstrip() or "\ufffd" in "".join(alignment.proxy_tokens)
+    labels = "".join(alignment.proxy_tokens)
+    assert labels.lstrip() == text.lstrip() or "<0x" in labels  # a byte outside a whole character shows as <0xNN>
 
 
 def test_align_text_rejects_a_negative_band():

@@ -98,6 +98,14 @@ def test_identical_sequences_align_on_the_diagonal_at_zero_cost():
     assert sum(cost[i, j] for i, j in path) == 0
 
 
+def test_lone_surrogates_are_symbols_of_their_own():
+    """Stray bytes reach the table as lone surrogates (surfaces.symbols_of): each its own code point, equal to
+    no character and no other byte."""
+    stray = ["\udce4", "\udcb8", "\udce4\udcb8"]
+    cost, _ = dtw.align_strings(stray, stray + ["\ufffd", "世"], 8)
+    assert cost.tolist() == [[0, 1, 1, 1, 1], [1, 0, 1, 1, 1], [1, 1, 0, 2, 2]]
+
+
 def test_empty_side_gives_an_empty_path():
     cost, path = dtw.align_strings([], ["a"], 8)
     assert cost.shape == (0, 1) and path.shape == (0, 2)

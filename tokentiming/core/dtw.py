@@ -135,7 +135,8 @@ def table_of(vocabularies: list[list[str]]):
     # No vocabulary has a token of 65k characters; one would be compared on its first 65k.
     starts = len(tokens) + np.cumsum(lengths) - lengths
     entries = starts << LENGTH_BITS | np.minimum(lengths, MAX_TOKEN_LENGTH)
-    codes = np.frombuffer("".join(tokens).encode("utf-32-le"), dtype=np.int32)
+    # surrogatepass: a byte outside a whole character is a lone surrogate (surfaces.symbols_of), kept as its code point
+    codes = np.frombuffer("".join(tokens).encode("utf-32-le", errors="surrogatepass"), dtype=np.int32)
     offsets = np.cumsum([0] + [len(vocabulary) for vocabulary in vocabularies])
     return np.concatenate([entries, codes.astype(np.int64)]), offsets.tolist()
 

@@ -8,11 +8,11 @@ from functools import lru_cache
 import numpy as np
 
 from . import dtw
-from .surfaces import TokenSurfaces, normalise
+from .surfaces import TokenSurfaces, symbols_of
 
 
 class PairTable:
-    """Both tokenizers' normalised token strings as code points in one int64 array, for
+    """Both tokenizers' token symbols (:func:`symbols_of`) as code points in one int64 array, for
     :func:`dtw.align`.
 
     ``table[id]`` holds a draft token's span and ``table[b_offset + id]`` a target token's (see
@@ -34,7 +34,7 @@ class PairTable:
     def _build(self, draft_vocab: int, target_vocab: int) -> None:
         """Store the tokens with ids below these sizes (ids past a tokenizer's end spell nothing)."""
         self.table, (_, self.b_offset, self.b_end) = dtw.table_of(
-            [[normalise(piece.decode("utf-8", errors="replace")) for piece in surfaces.vocabulary_bytes(size)]
+            [[symbols_of(piece) for piece in surfaces.vocabulary_bytes(size)]
              for surfaces, size in ((self.draft, draft_vocab), (self.target, target_vocab))])
 
     def _ids_buffer(self, size: int) -> None:

@@ -1,7 +1,9 @@
 """Token surfaces: the exact bytes each token id of a tokenizer contributes mid-sequence.
 
 No torch here. Everything downstream works on these bytes, so incremental decoding is concatenation and
-a half-written UTF-8 character is visible as trailing bytes instead of a U+FFFD.
+a half-written UTF-8 character is visible as trailing bytes instead of a U+FFFD. Two views of a token's
+bytes are strings: the symbols DTW compares (:func:`symbols_of`) and a display label (:func:`label_of`);
+neither ever holds a U+FFFD, so different bytes never look alike.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from functools import lru_cache
 
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _SPACE_MARKERS = ("Ġ", "▁")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what "surrogateescape" makes of a byte outside a whole character
 
 
 @lru_cache(maxsize=1)
@@ -59,6 +62,22 @@ def normalise(text: str) -> str:
     return text.lstrip(" ") or text
 
 
+def symbols_of(piece: bytes) -> str:
+    """The string DTW compares for a token's bytes (normalised): one symbol per whole UTF-8 character, and
+    one per byte outside a whole character, as the lone surrogate U+DC00 + byte.
+
+    Decoding with "replace" would make every such byte U+FFFD, so any two byte pieces of different characters
+    would match at cost 0; a lone surrogate equals no character and no other byte.
+    """
+    return normalise(piece.decode("utf-8", errors="surrogateescape"))
+
+
+def label_of(piece: bytes) -> str:
+    """Display string of a token's bytes: whole characters as themselves, other bytes as ``<0xE4>``."""
+    text = piece.decode("utf-8", errors="surrogateescape")
+    return _ESCAPED_BYTE.sub(lambda byte: f"<0x{ord(byte.group()) - 0xDC00:02X}>", text)
+
+
 class TokenSurfaces:
     """Exact bytes each token id of one tokenizer contributes mid-sequence, cached per id.
 
@@ -76,6 +95,7 @@ class TokenSurfaces:
         self.kind = self._decoder_kind()  # "byte_level", "metaspace" or "decode"
         self._bytes: dict[int, bytes] = {}
         self._normalised: dict[int, str] = {}
+        self._labels: dict[int, str] = {}
         self._anchor = None
         self.dummy_prefix = b""
         probe = self.encode("a")
@@ -149,14 +169,18 @@ class TokenSurfaces:
         return b"".join(self.bytes_of(i) for i in ids)
 
     def text_of(self, token_id: int) -> str:
-        """Display string of one token (a partial UTF-8 character shows as U+FFFD)."""
-        return self.bytes_of(token_id).decode("utf-8", errors="replace")
+        """Display string of one token: bytes of a partial UTF-8 character show as ``<0xE4>`` (see
+        :func:`label_of`). A label, not text: the text of several tokens is their :meth:`join` decoded."""
+        label = self._labels.get(token_id)
+        if label is None:
+            label = self._labels[token_id] = label_of(self.bytes_of(token_id))
+        return label
 
     def normalised_of(self, token_id: int) -> str:
-        """The token string DTW compares (see :func:`normalise`)."""
+        """The token string DTW compares (see :func:`symbols_of`)."""
         text = self._normalised.get(token_id)
         if text is None:
-            text = self._normalised[token_id] = normalise(self.text_of(token_id))
+            text = self._normalised[token_id] = symbols_of(self.bytes_of(token_id))
         return text
 
     # -- encoding -------------------------------------------------------------------------------
