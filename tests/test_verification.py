@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
+from scipy.stats import chi2, chisquare, ncx2
 
 from tokentiming.core.verification import Sampling, verify_greedy, verify_tokentiming, verify_transfer
 
@@ -39,7 +39,12 @@ def test_lossless_rule_reproduces_the_target_distribution():
 
 
 def test_a_two_percent_shift_would_be_detected():
-    """The sample size is large enough that the test above would catch a 2% shift in one probability."""
+    """The sample size is large enough that the test above would catch a 2% shift.
+
+    Any distribution at total variation distance d from P gives the chi-square statistic a noncentrality of
+    at least 4 n d**2, so the test's power at its level 1e-4 against every 2% shift is at least this bound."""
+    df = len(P) - 1
+    assert ncx2.sf(chi2.isf(1e-4, df), df, 4 * SAMPLES * 0.02 ** 2) > 0.95
     counts, _ = first_tokens(verify_tokentiming)
     shifted = P.double() + torch.tensor([-0.02, 0.02, 0, 0, 0], dtype=torch.float64)
     assert chisquare(counts, expected(shifted, SAMPLES)).pvalue < 1e-10
@@ -77,12 +82,25 @@ def test_bonus_token_follows_the_last_row_when_everything_is_accepted():
     assert chisquare(torch.bincount(token, minlength=5).numpy(), expected(P, samples)).pvalue > 1e-4
 
 
-def test_zero_probability_proxy_is_always_rejected_and_never_resampled():
+def test_zero_probability_proxy_is_always_rejected():
     samples = 10_000
     probs = torch.stack([torch.tensor([0.7, 0.3, 0.0, 0.0, 0.0]), P]).expand(samples, 2, 5)
     accepted, token = verify_tokentiming(probs, torch.full((samples, 1), 2), torch.Generator().manual_seed(0))
     assert bool((accepted == 0).all())
-    assert set(token.tolist()) <= {0, 1}
+    assert set(token.tolist()) == {0, 1}
+
+
+def test_rejected_proxy_is_never_resampled():
+    """After rejecting t the rule samples p with t removed; sampling p itself would write t again half the time."""
+    samples = 10_000
+    probs = torch.stack([torch.tensor([0.5, 0.3, 0.2, 0.0, 0.0]), P]).expand(samples, 2, 5)
+    accepted, token = verify_tokentiming(probs, torch.zeros(samples, 1, dtype=torch.long),
+                                         torch.Generator().manual_seed(0))
+    rejected = token[accepted == 0]
+    assert len(rejected) == pytest.approx(samples / 2, rel=0.05)
+    assert 0 not in set(rejected.tolist())
+    assert chisquare(torch.bincount(rejected, minlength=3)[1:].numpy(), expected(torch.tensor([0.3, 0.2]),
+                                                                                len(rejected))).pvalue > 1e-4
 
 
 def test_no_proposal_samples_from_the_first_row():
