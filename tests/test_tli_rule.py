@@ -151,7 +151,8 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
 def sentencepiece_tokenizer() -> PreTrainedTokenizerFast:
     """Llama 2 style: <unk> <s> </s>, byte-fallback pieces <0x00>..<0xFF> (ids 3..258), then "▁" "a" "b" "c"
     "▁a" "ab" "bc"."""
-    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["▁", "a", "b", "c", "▁a", "ab", "bc"]
+    byte_fallback = [f"<0x{b:02X}>" for b in range(256)]
+    pieces = ["<unk>", "<s>", "</s>"] + byte_fallback + ["▁", "a", "b", "c", "▁a", "ab", "bc"]
     tok = Tokenizer(models.BPE(vocab={piece: i for i, piece in enumerate(pieces)},
                                merges=[("▁", "a"), ("a", "b"), ("b", "c")], unk_token="<unk>", byte_fallback=True,
                                fuse_unk=True))
