@@ -16,12 +16,12 @@ DEFAULT_RECORDING = RECORDED / "default-pair.json"
 _FIELDS = {f.name for f in fields(RoundTrace)}
 
 
-def _rounded(values, digits: int = 4) -> list[float]:
+def _rounded(values, digits: int = 6) -> list[float]:
     return [round(float(v), digits) for v in values]
 
 
 def trace_to_dict(trace: RoundTrace) -> dict:
-    """One round as JSON-friendly values: CPU lists only, probabilities to 4 digits, costs as integers."""
+    """One round as JSON-friendly values: CPU lists only, probabilities to 6 digits, costs as integers."""
     row = {
         "index": trace.index,
         "draft_token_ids": list(trace.draft_token_ids),
