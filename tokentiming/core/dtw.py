@@ -5,6 +5,11 @@ token's start and length packed as ``start << 16 | length``) pointing at the Uni
 stored behind them, so the kernels never touch Python strings. Three pure steps: ``cost_matrix``
 (Levenshtein distance of every token pair), ``cumulative_cost`` (banded DP) and ``warping_path``
 (backtrack). ``align`` runs all three in one compiled call.
+
+A long text takes the banded steps instead (``band_rows``, ``banded_cost``, ``banded_cumulative_cost``,
+``banded_warping_path``, all run by ``align_banded``): they compute and store only the cells inside the band,
+row by row, so memory grows with the text's length times the band, not with the product of both lengths.
+Both give the same warping path.
 """
 
 import numpy as np
@@ -128,6 +133,108 @@ def align(table, ids, k, n, b_offset, b_end, band):
     return cost, warping_path(cumulative_cost(cost, band))
 
 
+@njit(cache=True)
+def band_rows(k, m, band):
+    """The band row by row: draft token i's in-band proxy tokens are ``first_proxy[i]`` onwards, and its cells
+    are ``offsets[i]:offsets[i + 1]`` of a flat array (``offsets[k]`` cells in all).
+
+    Each row's in-band cells are contiguous and both ends move right from row to row, so two pointers
+    walking along :func:`in_band`'s boundaries find every row in O(k + m).
+    """
+    width = effective_band(k, m, band)
+    first_proxy = np.zeros(k, dtype=np.int64)
+    offsets = np.zeros(k + 1, dtype=np.int64)
+    lo = hi = 0
+    for i in range(k):
+        while lo < m and (i + 1) * m - (lo + 1) * k > width * m:  # cell (i, lo) lies left of the band
+            lo += 1
+        hi = max(hi, lo)
+        while hi < m and (hi + 1) * k - (i + 1) * m <= width * m:  # cell (i, hi) is not right of it
+            hi += 1
+        first_proxy[i] = lo
+        offsets[i + 1] = offsets[i] + hi - lo
+    return first_proxy, offsets
+
+
+@njit(cache=True)
+def banded_cost(table, ids, k, n, b_offset, first_proxy, offsets):
+    """:func:`cost_matrix` for the cells of :func:`band_rows` only, flat and row by row, as uint16: an edit
+    distance between tokens of at most MAX_TOKEN_LENGTH code points fits exactly, in a quarter of float64's
+    memory."""
+    longest = 0
+    for j in range(k, n):
+        longest = max(longest, table[b_offset + ids[j]] & MAX_TOKEN_LENGTH)
+    row = np.empty(longest + 1, dtype=np.int64)
+    cost = np.empty(offsets[k], dtype=np.uint16)
+    for i in range(k):
+        a = table[ids[i]]
+        for cell in range(offsets[i], offsets[i + 1]):
+            j = first_proxy[i] + cell - offsets[i]
+            cost[cell] = _levenshtein(table, a, table[b_offset + ids[k + j]], row)
+    return cost
+
+
+@njit(cache=True)
+def _banded_at(D, first_proxy, offsets, i, j):
+    """D at 0-based cell (i, j) of a banded layout, padded like :func:`cumulative_cost`'s: 0 before the
+    first cell, inf outside the band."""
+    if i < 0 or j < 0:
+        return 0.0 if i == -1 and j == -1 else INF
+    column = j - first_proxy[i]
+    if column < 0 or column >= offsets[i + 1] - offsets[i]:
+        return INF
+    return D[offsets[i] + column]
+
+
+@njit(cache=True)
+def banded_cumulative_cost(cost, first_proxy, offsets):
+    """:func:`cumulative_cost` on :func:`banded_cost`'s cells, in the same flat layout (no padding)."""
+    k = first_proxy.shape[0]
+    D = np.empty(cost.shape[0], dtype=np.float64)
+    for i in range(k):
+        for cell in range(offsets[i], offsets[i + 1]):
+            j = first_proxy[i] + cell - offsets[i]
+            D[cell] = cost[cell] + min(_banded_at(D, first_proxy, offsets, i - 1, j - 1),
+                                       _banded_at(D, first_proxy, offsets, i - 1, j),
+                                       _banded_at(D, first_proxy, offsets, i, j - 1))
+    return D
+
+
+@njit(cache=True)
+def banded_warping_path(D, first_proxy, offsets, m):
+    """:func:`warping_path` on a banded D: the same backtrack and tie order, so the same path."""
+    i = first_proxy.shape[0]
+    j = m
+    path = np.empty((i + j, 2), dtype=np.int32)
+    n = path.shape[0]
+    while i > 0 and j > 0:  # (i, j) counts tokens, as the padded indices of warping_path do
+        n -= 1
+        path[n, 0] = i - 1
+        path[n, 1] = j - 1
+        diagonal = _banded_at(D, first_proxy, offsets, i - 2, j - 2)
+        up = _banded_at(D, first_proxy, offsets, i - 2, j - 1)
+        left = _banded_at(D, first_proxy, offsets, i - 1, j - 2)
+        if diagonal <= up and diagonal <= left:
+            i -= 1
+            j -= 1
+        elif up <= left:
+            i -= 1
+        else:
+            j -= 1
+    return path[n:]
+
+
+@njit(cache=True)
+def align_banded(table, ids, k, n, b_offset, band):
+    """:func:`align` computing only the band: (first_proxy, offsets, banded cost, warping path)."""
+    first_proxy, offsets = band_rows(k, n - k, band)
+    cost = banded_cost(table, ids, k, n, b_offset, first_proxy, offsets)
+    if k == 0 or n == k:
+        return first_proxy, offsets, cost, np.empty((0, 2), dtype=np.int32)
+    D = banded_cumulative_cost(cost, first_proxy, offsets)
+    return first_proxy, offsets, cost, banded_warping_path(D, first_proxy, offsets, n - k)
+
+
 def table_of(vocabularies: list[list[str]]):
     """A table holding each list of token strings, and where each list's entries start."""
     tokens = [token for vocabulary in vocabularies for token in vocabulary]
@@ -146,6 +253,13 @@ def align_strings(a: list[str], b: list[str], band: int):
     table, (_, b_offset, b_end) = table_of([a, b])
     ids = np.concatenate([np.arange(len(a)), np.arange(len(b))]).astype(np.int64)
     return align(table, ids, len(a), len(ids), b_offset, b_end, band)
+
+
+def align_strings_banded(a: list[str], b: list[str], band: int):
+    """:func:`align_strings` computing only the band: (first_proxy, offsets, banded cost, warping path)."""
+    table, (_, b_offset, _) = table_of([a, b])
+    ids = np.concatenate([np.arange(len(a)), np.arange(len(b))]).astype(np.int64)
+    return align_banded(table, ids, len(a), len(ids), b_offset, band)
 
 
 def without_dispatch(kernel, *example):
