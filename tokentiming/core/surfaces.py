@@ -3,7 +3,7 @@
 No torch here. Everything downstream works on these bytes, so incremental decoding is concatenation and
 a half-written UTF-8 character is visible as trailing bytes instead of a U+FFFD. Two views of a token's
 bytes are strings: the symbols DTW compares (:func:`symbols_of`) and a display label (:func:`label_of`);
-neither ever holds a U+FFFD, so different bytes never look alike.
+neither turns a byte into U+FFFD, so different bytes never look alike.
 """
 
 from __future__ import annotations
