@@ -34,7 +34,8 @@ def long_texts():
 
 @pytest.fixture(scope="module")
 def tiny_pair():
-    draft, target = AutoTokenizer.from_pretrained(PAIR["tiny-draft"]), AutoTokenizer.from_pretrained(PAIR["tiny-target"])
+    draft = AutoTokenizer.from_pretrained(PAIR["tiny-draft"])
+    target = AutoTokenizer.from_pretrained(PAIR["tiny-target"])
     align_text("warm up the kernels", draft, target)
     return draft, target
 
@@ -85,7 +86,7 @@ def test_banded_alignment_reads_as_the_dense_one_inside_the_band(tiny_pair, text
     k, m = banded.shape
     assert dense.cost_matrix.shape == (k, m) and not np.isnan(dense.cost_matrix).any()
     width = dtw.effective_band(k, m, band)
-    inside = np.array([[dtw.in_band(i, j, k, m, width) for j in range(m)] for i in range(k)], dtype=bool).reshape(k, m)
+    inside = np.array([[dtw.in_band(i, j, k, m, width) for j in range(m)] for i in range(k)], dtype=bool)
     expected = np.where(inside, dense.cost_matrix, np.nan)
     np.testing.assert_array_equal(banded.cost_window(0, k, 0, m), expected)
     np.testing.assert_array_equal(banded.cost_matrix, expected)

@@ -161,7 +161,8 @@ def test_banded_alignment_is_the_cheapest_path_and_the_dense_one(a, b, band):
     cost, path = dtw.align_strings(a, b, band)
     first_proxy, offsets, banded, banded_path = dtw.align_strings_banded(a, b, band)
     inside = np.array([[in_band_reference(i, j, len(a), len(b), band) for j in range(len(b))] for i in range(len(a))])
-    np.testing.assert_array_equal(dense_from_banded(first_proxy, offsets, banded, len(b)), np.where(inside, cost, np.nan))
+    np.testing.assert_array_equal(dense_from_banded(first_proxy, offsets, banded, len(b)),
+                                  np.where(inside, cost, np.nan))
     assert banded_path.tolist() == path.tolist()
     candidates = [p for p in all_paths(len(a), len(b)) if all(inside[i, j] for i, j in p)]
     assert sum(cost[i, j] for i, j in banded_path) == min(sum(cost[i, j] for i, j in p) for p in candidates)
