@@ -6,13 +6,14 @@ tokens (a rejected draft); ``length`` is the number of cached tokens, a Python i
 never waits for the device.
 
 :class:`StaticKV` exists for GPUs. An eager decoding step of a small model is a few hundred kernel
-launches whose Python and launch overhead dwarf the arithmetic (MODELS.md: about 20 ms per step
+launches whose Python and launch overhead dwarf the arithmetic (docs/models.md: about 20 ms per step
 whatever the size). A static cache keeps every tensor at a fixed address, so one step per input
 length can be captured as a CUDA graph once and replayed as a single launch.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -174,17 +175,32 @@ def static_supported(model) -> bool:
     return all(type(layer) is StaticLayer for layer in cache.layers)
 
 
+_POOL_LOCK = threading.Lock()
+
+
 def reusable(model, key: str, make, capacity: int):
-    """The cache backend ``make(model, capacity)`` kept on ``model`` under ``key``: made once and reused
-    across generations (a static cache keeps its captured graphs, the lean draft its stacked weights),
-    emptied, and with room for ``capacity`` tokens."""
-    backends = model.__dict__.setdefault("_tokentiming_kv", {})
-    kv = backends.get(key)
+    """A cache backend ``make(model, capacity)`` from ``model``'s pool under ``key``, emptied and with room
+    for ``capacity`` tokens. Backends are worth reusing (a static cache keeps its captured graphs, the lean
+    draft its stacked weights), but never shared: the caller owns this one until :func:`give_back`, and
+    a second generation on the same model meanwhile gets a backend of its own."""
+    pool = model.__dict__.setdefault("_tokentiming_kv", {}).setdefault(key, [])
+    with _POOL_LOCK:
+        kv = pool.pop() if pool else None
     if kv is None:
-        kv = backends[key] = make(model, capacity)
+        kv = make(model, capacity)
+        kv.pool = pool
     kv.reset()
     kv.reserve(capacity)
     return kv
+
+
+def give_back(kv) -> None:
+    """Return a backend taken with :func:`reusable` to its pool (other backends are simply dropped)."""
+    pool = getattr(kv, "pool", None)
+    if pool is not None:
+        with _POOL_LOCK:
+            if not any(other is kv for other in pool):
+                pool.append(kv)
 
 
 def static_kv(model, role: str, capacity: int) -> StaticKV:

@@ -1,28 +1,38 @@
-"""The TokenTiming round loop, and target-only decoding on the same machinery.
+"""The TokenTiming round loop, and target-only decoding on the same caches and sampling code.
 
-A round (ALGORITHM.md section 2): draft up to k tokens, re-encode their text with the target
+One round (docs/algorithm.md, "One round"): draft up to k tokens, re-encode their text with the target
 tokenizer into proxy tokens, align draft and proxy tokens with DTW, verify the proxies in one target
 forward, commit the accepted prefix plus one target token, resynchronise the draft by characters.
+
+Which rules read what: ``tokentiming`` and ``greedy`` read only the proxies; ``transfer`` reads the
+alignment (it carries draft probabilities along the warping path); ``tli`` drafts inside the vocabulary
+intersection, so its proposals need no re-encoding and no alignment, and it reads the draft's own
+distribution instead. The alignment is computed for every rule that re-encodes, because the trace (and
+so the Studio) shows it.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
-from . import dtw
-from ..backends.kv import BUCKETS, DynamicKV, StaticKV, static_kv
+from ..backends.kv import BUCKETS, DynamicKV, StaticKV, give_back, static_kv
 from ..backends.lean import LeanKV, lean_kv, unsupported
-from .alignment import align_tokens
+from . import dtw
+from .alignment import Alignment, align_tokens
 from .pairtable import pair_table
 from .reencode import draft_text, reencode, resync, tokens_covering
 from .surfaces import TokenSurfaces, split_incomplete, surfaces_for
-from .trace import BONUS, CORRECTION, TARGET, Generation, RoundTrace, run_stats
-from .verification import VERIFIERS, Sampling, verify_greedy, verify_tokentiming, verify_transfer
+from .trace import Generation, RoundTrace, run_stats
+from .intersection import Intersection, intersection_for
+from .verification import (VERIFIERS, Sampling, restrict, verify_greedy, verify_tli, verify_tokentiming,
+                           verify_transfer)
 
 MAX_DRAFT_TOKENS = 64
 MAX_NEW_TOKENS = 65536
@@ -32,9 +42,11 @@ MAX_NEW_TOKENS = 65536
 DEFAULT_DRAFT_TOKENS = 8
 DEFAULT_ADAPTIVE = True
 ADAPTIVE_CONFIDENCE = 0.5
+#: Rules whose draft samples when the target samples (the others draft greedily whatever the temperature).
+SAMPLED_DRAFT = ("transfer", "tli")
 
 
-# -- prompts ------------------------------------------------------------------------------------------
+# -- prompts and limits -------------------------------------------------------------------------------
 def render_prompt(tokenizer, prompt) -> list[int]:
     """Token ids of ``prompt`` for one model: a string as is, chat messages with its own template."""
     if isinstance(prompt, str):
@@ -63,6 +75,34 @@ def eos_ids(model, tokenizer) -> frozenset[int]:
         elif value is not None:
             ids.update(int(v) for v in value)
     return frozenset(ids)
+
+
+def context_length(model) -> int | None:
+    """How many positions ``model`` holds (prompt and generated tokens together), if its config says."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)()
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _model_name(model) -> str:
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+    return name.rstrip("/").rsplit("/", 1)[-1] if "/" in name and name.startswith(("/", ".", "~")) else name
+
+
+def check_context(model, role: str, prompt_tokens: int, new_tokens: int) -> None:
+    """Raise ValueError, before anything runs, when a prompt and the new tokens do not fit ``model``."""
+    limit = context_length(model)
+    if limit is not None and prompt_tokens + new_tokens > limit:
+        room = limit - prompt_tokens
+        advice = (f"ask for at most {room} new tokens" if room > 0
+                  else "shorten the prompt")
+        raise ValueError(f"the {role} model {_model_name(model)!r} holds {limit} tokens, but the prompt is "
+                         f"{prompt_tokens} tokens and {new_tokens} more were asked for "
+                         f"({prompt_tokens + new_tokens} in all): {advice}")
 
 
 def _check(max_new_tokens, num_draft_tokens, band, verifier, sampling: Sampling):
@@ -94,7 +134,7 @@ class ModelContext:
     """One model, its token ids (prompt + generated) and a KV cache over a prefix of them.
 
     The cache always holds fewer tokens than ``ids``: the tokens it lacks are fed on the next call.
-    ``kv`` is a :mod:`tokentiming.backends.kv` backend; by default a fresh eager cache.
+    ``kv`` is a :mod:`tokentiming.backends.kv` backend, owned by this context until :meth:`release`.
     """
 
     def __init__(self, model, tokenizer, prompt_ids: list[int], kv: DynamicKV | StaticKV | LeanKV | None = None):
@@ -104,14 +144,15 @@ class ModelContext:
         self.device = self.kv.device
         self.ids = list(prompt_ids)
         self.prompt_length = len(prompt_ids)
+        self.limit = context_length(model)
 
     @property
     def cached(self) -> int:
         return self.kv.length
 
-    @property
-    def generated(self) -> list[int]:
-        return self.ids[self.prompt_length:]
+    def room(self) -> int:
+        """How many more tokens fit in the model's positions."""
+        return (self.limit - len(self.ids)) if self.limit is not None else MAX_NEW_TOKENS
 
     def prefill(self) -> None:
         """Put every prompt token but the last into the cache."""
@@ -127,10 +168,14 @@ class ModelContext:
         self.ids = ids
         self.kv.truncate(min(self.cached, valid, len(ids) - 1))
 
+    def release(self) -> None:
+        """Hand a reusable cache back to its model's pool (this context must not run again)."""
+        give_back(self.kv)
+
 
 def _context(model, tokenizer, prompt, role: str, static: bool, max_new_tokens: int,
              lean: bool = False) -> ModelContext:
-    """A context for one generation: on a fresh eager cache, on the model's reusable static cache
+    """A context for one generation: on a fresh eager cache, on a static cache from the model's pool
     (``static``), or for a supported CPU draft on the lean compiled forward (``lean``)."""
     prompt_ids = render_prompt(tokenizer, prompt)
     # Room for the prompt, the new tokens in a draft tokenizer up to 4x finer, and one padded draft.
@@ -142,134 +187,226 @@ def _context(model, tokenizer, prompt, role: str, static: bool, max_new_tokens: 
     return ModelContext(model, tokenizer, prompt_ids)
 
 
-# -- the round ----------------------------------------------------------------------------------------
-class _Run:
-    """State of one generation. ``draft`` is None for target-only decoding."""
+# -- the pure bookkeeping between rounds -----------------------------------------------------------
+@dataclass
+class Committed:
+    """The bytes the target has written so far, and how much of them the draft context stands for.
 
-    def __init__(self, target: ModelContext, draft: ModelContext | None, *, stop_ids, sampling: Sampling,
-                 max_new_tokens, num_draft_tokens, band, verifier, adaptive, seed):
-        self.target, self.draft = target, draft
+    A token may end in the middle of a UTF-8 character; only whole characters count as text, and the
+    draft is resynchronised up to the last whole character (its tokenizer may split that character
+    differently). Special tokens write no text.
+    """
+
+    data: bytes = b""
+    draft_synced: int = 0  # how many bytes of ``text`` the draft context already holds
+
+    @property
+    def text(self) -> bytes:
+        """The whole characters written so far."""
+        return split_incomplete(self.data)[0]
+
+    @property
+    def pending(self) -> bytes:
+        """Trailing bytes of a character not finished yet."""
+        return split_incomplete(self.data)[1]
+
+    def append(self, piece: bytes) -> str:
+        """Add a token's bytes; returns the text of the characters this completed."""
+        before = len(self.text)
+        self.data += piece
+        return self.text[before:].decode("utf-8", errors="replace")
+
+    def unsynced(self) -> bytes:
+        """The whole characters the draft context does not hold yet; marks them as held."""
+        text = self.text
+        rest, self.draft_synced = text[self.draft_synced:], len(text)
+        return rest
+
+
+@dataclass
+class Draft:
+    """What the draft proposed in one round, in its own vocabulary."""
+
+    token_ids: list[int] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)  # the draft's probability of each token it drafted
+    forwards: int = 0
+    start: int = 0  # where the drafted tokens begin in the draft context
+    distributions: list[torch.Tensor] = field(default_factory=list)  # tli: q per position, target vocabulary
+
+
+class _Timer:
+    """Wall time of each named step of a round, in the unit its name ends with (_ms or _us)."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        scale = 1e3 if name.endswith("_ms") else 1e6
+        self.timings[name] = (time.perf_counter() - start) * scale
+
+
+# -- the rounds -------------------------------------------------------------------------------------
+class _Decoding:
+    """One generation's target side: prompt, sampling, the committed text and the end conditions."""
+
+    def __init__(self, target: ModelContext, *, stop_ids, sampling: Sampling, max_new_tokens: int, seed):
+        self.target = target
         self.stop_ids = stop_ids
         self.sampling = sampling
         self.max_new_tokens = max_new_tokens
-        self.num_draft_tokens = num_draft_tokens
-        self.band = band
-        self.verifier = verifier
-        self.adaptive = adaptive
         self.generator = _generator(target.device, seed)
-        self.draft_generator = _generator(draft.device, None if seed is None else seed + 1) if draft else None
-        self.committed = b""  # bytes of the target's new tokens
-        self.draft_synced = 0  # how many committed bytes the draft context stands for
+        self.committed = Committed()
         self.new_tokens = 0
         self.finished = False
 
     def rounds(self) -> Iterator[RoundTrace]:
+        """Prefill, then one trace per round; caches go back to their pools however the stream ends."""
         # The clock runs only while generating: time the consumer spends between rounds (drawing a page,
         # say) would otherwise count against the decoder and skew every speed comparison.
-        start = time.perf_counter()
-        self.prefill()
-        busy = time.perf_counter() - start
-        index = 0
-        while not self.finished:
+        try:
             start = time.perf_counter()
-            trace = self.round(index)
-            busy += time.perf_counter() - start
-            trace.elapsed_s = busy
-            index += 1
-            yield trace
+            self.prefill()
+            busy = time.perf_counter() - start
+            index = 0
+            while not self.finished:
+                start = time.perf_counter()
+                trace = self.round(index)
+                busy += time.perf_counter() - start
+                trace.elapsed_s = busy
+                index += 1
+                yield trace
+        finally:
+            self.release()
 
     @torch.inference_mode()
     def prefill(self) -> None:
         self.target.prefill()
-        if self.draft is not None:
-            self.draft.prefill()
+
+    def release(self) -> None:
+        self.target.release()
 
     @torch.inference_mode()
     def round(self, index: int) -> RoundTrace:
-        timings = {}
-        budget = self.max_new_tokens - self.new_tokens
-        drafted, draft_probs, draft_forwards = [], [], 0
-        proxies: list[int] = []
-        draft_start = len(self.draft.ids) if self.draft is not None else 0
-        if self.draft is not None and budget > 1:
-            tic = time.perf_counter()
-            drafted, draft_probs, draft_forwards = self.draft_tokens(min(self.num_draft_tokens, budget - 1))
-            timings["draft_ms"] = (time.perf_counter() - tic) * 1e3
-            tic = time.perf_counter()
-            proxies = self.proxy_tokens(drafted)[:budget - 1]
-            timings["reencode_us"] = (time.perf_counter() - tic) * 1e6
-        alignment = self.align(drafted, proxies)
-        if alignment is not None:
-            timings["align_us"] = alignment.align_us
-        tic = time.perf_counter()
-        accepted, token, token_probs = self.verify(proxies, alignment, draft_probs)
-        timings["verify_ms"] = (time.perf_counter() - tic) * 1e3
+        timer = _Timer()
+        with timer("verify_ms"):
+            probs = self.sampling.probs(self.target.logits())
+            token = int(probs.argmax()) if self.sampling.greedy else int(
+                torch.multinomial(probs[0], 1, generator=self.generator))
+        new_text = self.commit([token])
+        return RoundTrace.build(index, self.target.surfaces, emitted_token_id=token, token_probs=[float(probs[0, token])],
+                                new_text=new_text, special=token in self.target.surfaces.special_ids,
+                                timings=timer.timings, new_tokens_total=self.new_tokens)
+
+    def commit(self, new_ids: list[int]) -> str:
+        """Append to the target context and crop its cache; returns the newly completed text."""
+        target = self.target
+        target.rewrite(target.ids + new_ids, valid=len(target.ids) + len(new_ids) - 1)
+        self.new_tokens += len(new_ids)
+        if new_ids[-1] in self.stop_ids or self.new_tokens >= self.max_new_tokens:
+            self.finished = True
+        special = target.surfaces.special_ids
+        return self.committed.append(target.surfaces.join(t for t in new_ids if t not in special))
+
+
+class _Speculation(_Decoding):
+    """A generation with a draft: each round drafts, re-encodes, aligns, verifies, commits and resyncs."""
+
+    def __init__(self, target: ModelContext, draft: ModelContext, *, num_draft_tokens: int, band: int,
+                 verifier: str, adaptive: bool, seed, intersection: Intersection | None, **common):
+        super().__init__(target, seed=seed, **common)
+        self.draft = draft
+        self.num_draft_tokens, self.band, self.verifier, self.adaptive = num_draft_tokens, band, verifier, adaptive
+        self.intersection = intersection
+        self.draft_generator = _generator(draft.device, None if seed is None else seed + 1)
+
+    @torch.inference_mode()
+    def prefill(self) -> None:
+        self.target.prefill()
+        self.draft.prefill()
+
+    def release(self) -> None:
+        self.target.release()
+        self.draft.release()
+
+    @torch.inference_mode()
+    def round(self, index: int) -> RoundTrace:
+        timer = _Timer()
+        with timer("draft_ms"):
+            draft = self.draft_step(self.lookahead())
+        with timer("reencode_us"):
+            proxies = self.proxy_tokens(draft)
+        with timer("align_us"):
+            alignment = self.align(draft, proxies)
+        with timer("verify_ms"):
+            accepted, token, token_probs = self.verify(proxies, alignment, draft)
         new_text = self.commit(proxies[:accepted] + [token])
-        if self.draft is not None:
-            tic = time.perf_counter()
-            self.resync_draft(draft_start, drafted)
-            timings["resync_us"] = (time.perf_counter() - tic) * 1e6
-        kind = TARGET if not proxies else BONUS if accepted == len(proxies) else CORRECTION
-        target = self.target.surfaces
-        return RoundTrace(
-            index=index,
-            draft_token_ids=drafted,
-            draft_tokens=[self.draft.surfaces.text_of(i) for i in drafted] if self.draft else [],
-            draft_probs=draft_probs,
-            proxy_token_ids=proxies,
-            proxy_tokens=[target.text_of(i) for i in proxies],
-            cost_matrix=alignment.cost_matrix if alignment else _EMPTY_COST,
-            warping_path=alignment.warping_path if alignment else _EMPTY_PATH,
-            accepted=accepted,
-            emitted_token_id=token,
-            emitted_token=target.text_of(token),
-            emitted_kind=kind,
-            token_probs=token_probs,
-            new_text=new_text,
-            draft_forwards=draft_forwards,
-            timings=timings,
-            new_tokens_total=self.new_tokens,
-        )
+        with timer("resync_us"):
+            self.resync(draft)
+        return RoundTrace.build(index, self.target.surfaces, draft_surfaces=self.draft.surfaces,
+                                draft_token_ids=draft.token_ids, draft_probs=draft.probs, proxy_token_ids=proxies,
+                                alignment=alignment, accepted=accepted, emitted_token_id=token,
+                                token_probs=token_probs, new_text=new_text,
+                                special=token in self.target.surfaces.special_ids, draft_forwards=draft.forwards,
+                                timings=timer.timings, new_tokens_total=self.new_tokens, verifier=self.verifier)
+
+    def lookahead(self) -> int:
+        """How many tokens to draft: the budget left (one is the target's own), the draft's positions, and
+        for tli nothing while the target's text ends inside a character (draft tokens cannot continue it)."""
+        budget = self.max_new_tokens - self.new_tokens - 1
+        if self.verifier == "tli" and self.committed.pending:
+            return 0
+        return max(0, min(self.num_draft_tokens, budget, self.draft.room() - 1, self.target.room() - 1))
 
     # 1. draft
-    def draft_tokens(self, k: int) -> tuple[list[int], list[float], int]:
+    def draft_step(self, k: int) -> Draft:
         """Up to k draft tokens from the draft context; stops at the draft's special tokens."""
-        draft = self.draft
-        sampled = self.verifier == "transfer" and not self.sampling.greedy
-        drafted, probs = [], []
-        for forwards in range(1, k + 1):
-            logits = draft.logits()[-1]
+        draft, context = Draft(start=len(self.draft.ids)), self.draft
+        sampled = self.verifier in SAMPLED_DRAFT and not self.sampling.greedy
+        for draft.forwards in range(1, k + 1):
+            logits = context.logits()[-1]
             distribution = (self.sampling if sampled else Sampling()).probs(logits)
+            if self.verifier == "tli":
+                distribution, kept = restrict(distribution, self.intersection.mask)
+                if not kept:  # no probability left inside the intersection
+                    break
             if sampled:
                 token = int(torch.multinomial(distribution, 1, generator=self.draft_generator))
             else:
                 token = int(distribution.argmax())
-            if token in draft.surfaces.special_ids:
-                return drafted, probs, forwards
-            prob = float(distribution[token])
-            draft.ids.append(token)
-            drafted.append(token)
-            probs.append(prob)
-            if self.adaptive and prob < ADAPTIVE_CONFIDENCE:
+            if token in context.surfaces.special_ids:
                 break
-        return drafted, probs, forwards
+            context.ids.append(token)
+            draft.token_ids.append(token)
+            draft.probs.append(float(distribution[token]))
+            if self.verifier == "tli":
+                draft.distributions.append(self.intersection.in_target_space(distribution))
+            if self.adaptive and draft.probs[-1] < ADAPTIVE_CONFIDENCE:
+                break
+        return draft
 
-    # 2-3. draft text, re-encoded into proxy tokens
-    def proxy_tokens(self, drafted: list[int]) -> list[int]:
-        text = draft_text(self.draft.surfaces, drafted)
-        return reencode(self.target.surfaces, self.target.ids, text) if text else []
+    # 2-3. draft text, re-encoded into proxy tokens (tli maps each drafted token instead)
+    def proxy_tokens(self, draft: Draft) -> list[int]:
+        if self.verifier == "tli":
+            return self.intersection.draft_to_target[draft.token_ids].tolist()
+        text = draft_text(self.draft.surfaces, draft.token_ids)
+        proxies = reencode(self.target.surfaces, self.target.ids, text) if text else []
+        return proxies[:self.max_new_tokens - self.new_tokens - 1]
 
     # 4. align
-    def align(self, drafted: list[int], proxies: list[int]):
-        if not drafted or not proxies:
+    def align(self, draft: Draft, proxies: list[int]) -> Alignment | None:
+        if not draft.token_ids or not proxies:
             return None
-        pending = len(split_incomplete(self.committed)[1])
-        covered = pending + len(self.target.surfaces.join(proxies))
-        aligned = drafted[:tokens_covering(self.draft.surfaces, drafted, covered)]
+        if self.verifier == "tli":  # one proxy per draft token, spelling the same bytes: the path is diagonal
+            return align_tokens(self.draft.surfaces, draft.token_ids, self.target.surfaces, proxies, self.band)
+        covered = len(self.committed.pending) + len(self.target.surfaces.join(proxies))
+        aligned = draft.token_ids[:tokens_covering(self.draft.surfaces, draft.token_ids, covered)]
         return align_tokens(self.draft.surfaces, aligned, self.target.surfaces, proxies, self.band)
 
     # 5. verify
-    def verify(self, proxies: list[int], alignment, draft_probs: list[float]):
+    def verify(self, proxies: list[int], alignment: Alignment | None, draft: Draft):
         target = self.target
         m = len(proxies)
         logits = target.logits(proxies, keep=m + 1).unsqueeze(0)
@@ -277,8 +414,11 @@ class _Run:
         probs = self.sampling.probs(logits)
         if self.sampling.greedy:
             accepted, token = verify_greedy(logits, proxy_tensor)
+        elif self.verifier == "tli":
+            q = torch.stack(draft.distributions[:m]).unsqueeze(0) if m else probs[:, :0]
+            accepted, token = verify_tli(probs, proxy_tensor, q.to(probs.device), self.generator)
         elif self.verifier == "transfer" and m:
-            transferred = torch.tensor([_transferred(alignment, draft_probs, m)], device=target.device)
+            transferred = torch.tensor([_transferred(alignment, draft.probs, m)], device=target.device)
             accepted, token = verify_transfer(probs, proxy_tensor, transferred, self.generator)
         else:
             accepted, token = verify_tokentiming(probs, proxy_tensor, self.generator)
@@ -287,34 +427,14 @@ class _Run:
         token_probs = probs[0, :accepted + 1].gather(-1, written.unsqueeze(-1)).squeeze(-1).tolist()
         return accepted, token, token_probs
 
-    # 6. commit
-    def commit(self, new_ids: list[int]) -> str:
-        """Append to the target context, crop its cache; returns the newly completed text."""
-        target = self.target
-        target.rewrite(target.ids + new_ids, valid=len(target.ids) + len(new_ids) - 1)
-        self.new_tokens += len(new_ids)
-        before = len(split_incomplete(self.committed)[0])
-        if new_ids[-1] in self.stop_ids:
-            self.finished = True
-            new_ids = new_ids[:-1]
-        self.committed += target.surfaces.join(new_ids)
-        if self.new_tokens >= self.max_new_tokens:
-            self.finished = True
-        return split_incomplete(self.committed)[0][before:].decode("utf-8", errors="replace")
-
     # 7. resynchronise the draft by characters
-    def resync_draft(self, draft_start: int, drafted: list[int]) -> None:
-        complete, _ = split_incomplete(self.committed)
-        ids, valid = resync(self.draft.surfaces, self.draft.ids[:draft_start], drafted, complete[self.draft_synced:])
+    def resync(self, draft: Draft) -> None:
+        ids, valid = resync(self.draft.surfaces, self.draft.ids[:draft.start], draft.token_ids,
+                            self.committed.unsynced())
         self.draft.rewrite(ids, valid)
-        self.draft_synced = len(complete)
 
 
-_EMPTY_COST = np.zeros((0, 0))
-_EMPTY_PATH = np.zeros((0, 2), dtype=np.int32)
-
-
-def _transferred(alignment, draft_probs: list[float], m: int) -> list[float]:
+def _transferred(alignment: Alignment, draft_probs: list[float], m: int) -> list[float]:
     """q~ per proxy: the draft probability of the last draft token aligned with it (the paper's
     terminal-token rule for many-to-one, reused for one-to-many)."""
     last = [0] * m
@@ -325,17 +445,48 @@ def _transferred(alignment, draft_probs: list[float], m: int) -> list[float]:
 
 # -- public interface ---------------------------------------------------------------------------------
 class TokenTimingDecoder:
-    """Speculative decoding of ``target_model`` with ``draft_model`` across different tokenizers."""
+    """Speculative decoding of ``target_model`` with ``draft_model`` across different tokenizers.
+
+    Any number of streams may run on one decoder, interleaved or on several threads: each owns its caches
+    for its lifetime (reusable caches come from a per-model pool and go back when the stream ends).
+    """
 
     def __init__(self, target_model, target_tokenizer, draft_model, draft_tokenizer, lean_draft: bool = True):
-        """``lean_draft``: run a Llama-family draft on a CPU through :mod:`tokentiming.backends.lean` (one compiled
-        call per forward instead of transformers' per-layer modules); the target is never affected."""
+        """``lean_draft``: run a Llama-family draft on a CPU through :mod:`tokentiming.backends.lean` (one
+        compiled call per forward instead of transformers' per-layer modules); the target is never affected."""
         self.lean_draft = lean_draft
         self.target_model, self.target_tokenizer = target_model.eval(), target_tokenizer
         self.draft_model, self.draft_tokenizer = draft_model.eval(), draft_tokenizer
         self.stop_ids = eos_ids(target_model, target_tokenizer)
-        pair_table(surfaces_for(draft_tokenizer), surfaces_for(target_tokenizer))  # built now, not in round 1
+        draft, target = surfaces_for(draft_tokenizer), surfaces_for(target_tokenizer)
+        pair_table(draft, target)  # built now, not in round 1
+        self._intersection_lock = threading.Lock()
+        self._intersection = None
         dtw.warm_up()
+
+    @property
+    def intersection(self) -> Intersection:
+        """The tokens both vocabularies spell with the same bytes (built on first use: tli needs it)."""
+        with self._intersection_lock:
+            if self._intersection is None:
+                self._intersection = intersection_for(
+                    surfaces_for(self.draft_tokenizer), surfaces_for(self.target_tokenizer),
+                    self.draft_model.get_output_embeddings().weight.shape[0],
+                    self.target_model.get_output_embeddings().weight.shape[0]).to(
+                        next(self.draft_model.parameters()).device)
+            return self._intersection
+
+    @property
+    def context_length(self) -> int:
+        """How many tokens (prompt and new) the target holds; the draft is checked separately."""
+        return context_length(self.target_model) or MAX_NEW_TOKENS
+
+    def max_new_tokens_for(self, prompt) -> int:
+        """How many new tokens fit after ``prompt`` (ValueError, naming the numbers, when none do)."""
+        prompt_ids = render_prompt(self.target_tokenizer, prompt)
+        check_context(self.target_model, "target", len(prompt_ids), 1)
+        check_context(self.draft_model, "draft", len(render_prompt(self.draft_tokenizer, prompt)), 1)
+        return min(MAX_NEW_TOKENS, self.context_length - len(prompt_ids))
 
     def stream(self, prompt, max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
                top_p: float = 1.0, num_draft_tokens: int = DEFAULT_DRAFT_TOKENS, band: int = 8,
@@ -343,18 +494,26 @@ class TokenTimingDecoder:
                static: bool = False) -> Iterator[RoundTrace]:
         """Yield one :class:`RoundTrace` per round as it completes.
 
-        ``verifier``: "tokentiming" (lossless, default), "greedy" (needs temperature 0) or
-        "transfer" (experimental, lossy). ``adaptive`` stops drafting early when the draft is unsure.
-        ``static`` runs both models on static KV caches, replayed from CUDA graphs on a GPU
-        (:mod:`tokentiming.backends.kv`); full-attention models only. Arguments are checked before anything runs.
+        ``verifier``: "tokentiming" (lossless, default), "greedy" (needs temperature 0), "tli" (lossless:
+        the draft samples inside the vocabulary intersection) or "transfer" (experimental, lossy).
+        ``adaptive`` stops drafting early when the draft is unsure. ``static`` runs both models on static
+        KV caches, replayed from CUDA graphs on a GPU (:mod:`tokentiming.backends.kv`); full-attention
+        models only. Arguments and context lengths are checked before anything runs.
         """
         sampling = Sampling(temperature, top_k, top_p)
         _check(max_new_tokens, num_draft_tokens, band, verifier, sampling)
-        run = _Run(_context(self.target_model, self.target_tokenizer, prompt, "target", static, max_new_tokens),
-                   _context(self.draft_model, self.draft_tokenizer, prompt, "draft", static, max_new_tokens,
-                            lean=self.lean_draft),
-                   stop_ids=self.stop_ids, sampling=sampling, max_new_tokens=max_new_tokens,
-                   num_draft_tokens=num_draft_tokens, band=band, verifier=verifier, adaptive=adaptive, seed=seed)
+        target_ids = render_prompt(self.target_tokenizer, prompt)
+        check_context(self.target_model, "target", len(target_ids), max_new_tokens)
+        # The draft's text tokens are unknown until written: it must hold the prompt and one draft, and it
+        # stops drafting (the target goes on alone) once it is full.
+        check_context(self.draft_model, "draft", len(render_prompt(self.draft_tokenizer, prompt)), 1)
+        intersection = self.intersection if verifier == "tli" else None
+        target = _context(self.target_model, self.target_tokenizer, prompt, "target", static, max_new_tokens)
+        draft = _context(self.draft_model, self.draft_tokenizer, prompt, "draft", static, max_new_tokens,
+                         lean=self.lean_draft)
+        run = _Speculation(target, draft, stop_ids=self.stop_ids, sampling=sampling, max_new_tokens=max_new_tokens,
+                           num_draft_tokens=num_draft_tokens, band=band, verifier=verifier, adaptive=adaptive,
+                           seed=seed, intersection=intersection)
         return run.rounds()
 
     def generate(self, prompt, **options) -> Generation:
@@ -376,9 +535,10 @@ def stream_autoregressive(target_model, target_tokenizer, prompt, max_new_tokens
     """Target-only decoding, one :class:`RoundTrace` per token."""
     sampling = Sampling(temperature, top_k, top_p)
     _check(max_new_tokens, 1, 0, "tokentiming", sampling)
-    run = _Run(_context(target_model.eval(), target_tokenizer, prompt, "target", static, max_new_tokens), None,
-               stop_ids=eos_ids(target_model, target_tokenizer), sampling=sampling, max_new_tokens=max_new_tokens,
-               num_draft_tokens=1, band=0, verifier="tokentiming", adaptive=False, seed=seed)
+    check_context(target_model, "target", len(render_prompt(target_tokenizer, prompt)), max_new_tokens)
+    target = _context(target_model.eval(), target_tokenizer, prompt, "target", static, max_new_tokens)
+    run = _Decoding(target, stop_ids=eos_ids(target_model, target_tokenizer), sampling=sampling,
+                    max_new_tokens=max_new_tokens, seed=seed)
     return run.rounds()
 
 
@@ -387,6 +547,9 @@ def finish(rounds: Iterator[RoundTrace], tokenizer, stop_ids) -> Generation:
     traces = list(rounds)
     token_ids = [t for trace in traces for t in trace.new_token_ids]
     stop_reason = "eos" if token_ids and token_ids[-1] in stop_ids else "max_new_tokens"
-    text = tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    # The exact continuation of the prompt: the tokens' bytes (a tokenizer's decode would drop a leading
+    # space that the tokens do write), special tokens writing nothing, as in each round's new_text.
+    surfaces = surfaces_for(tokenizer)
+    text = surfaces.join(t for t in token_ids if t not in surfaces.special_ids).decode("utf-8", errors="replace")
     return Generation(token_ids=token_ids, text=text, rounds=traces,
                       stats=run_stats(traces, traces[-1].elapsed_s if traces else 0.0), stop_reason=stop_reason)

@@ -1,4 +1,4 @@
-"""What happened in each round, and the run statistics derived from it (ALGORITHM.md section 5).
+"""What happened in each round, and the run statistics derived from it (docs/algorithm.md, "Metrics").
 
 Plain dataclasses: the app, the notebooks and the benchmarks all read these, and every metric is
 computed here once.
@@ -11,7 +11,7 @@ from statistics import fmean
 
 import numpy as np
 
-from .alignment import proxy_to_draft
+from .alignment import Alignment, proxy_to_draft
 
 #: How the emitted token of a round came about.
 CORRECTION = "correction"  # the target rejected a proxy and wrote its own token instead
@@ -29,18 +29,47 @@ class RoundTrace:
     draft_probs: list[float]  # the draft's probability of each token it drafted
     proxy_token_ids: list[int]
     proxy_tokens: list[str]
-    cost_matrix: np.ndarray  # (k, m) local costs over the draft tokens that cover the proxies
-    warping_path: np.ndarray  # (L, 2) pairs (draft index, proxy index)
+    alignment: Alignment | None  # DTW between the draft tokens that cover the proxies and the proxies
     accepted: int
     emitted_token_id: int
     emitted_token: str
     emitted_kind: str
     token_probs: list[float]  # target probability of each accepted proxy, then of the emitted token
-    new_text: str  # the text this round committed (whole characters only)
+    new_text: str  # the text this round committed (whole characters only; special tokens write none)
     draft_forwards: int
     timings: dict[str, float] = field(default_factory=dict)  # draft_ms, reencode_us, align_us, verify_ms, resync_us
     elapsed_s: float = 0.0  # generating time so far (prefill included), at the end of this round
     new_tokens_total: int = 0  # target tokens written so far, this round included
+    emitted_special: bool = False  # the emitted token is a special token (end of text, say): it writes no text
+    verifier: str = ""  # the rule that verified this round ("" for target-only decoding)
+
+    @classmethod
+    def build(cls, index: int, target_surfaces, *, emitted_token_id: int, token_probs: list[float], new_text: str,
+              special: bool, timings: dict, new_tokens_total: int, draft_surfaces=None,
+              draft_token_ids: list[int] = (), draft_probs: list[float] = (), proxy_token_ids: list[int] = (),
+              alignment: Alignment | None = None, accepted: int = 0, draft_forwards: int = 0,
+              verifier: str = "") -> "RoundTrace":
+        """A round's trace from its ids: token strings are looked up here, once."""
+        proposed = len(proxy_token_ids)
+        kind = TARGET if not proposed else BONUS if accepted == proposed else CORRECTION
+        return cls(index=index, draft_token_ids=list(draft_token_ids),
+                   draft_tokens=[draft_surfaces.text_of(i) for i in draft_token_ids],
+                   draft_probs=list(draft_probs), proxy_token_ids=list(proxy_token_ids),
+                   proxy_tokens=[target_surfaces.text_of(i) for i in proxy_token_ids], alignment=alignment,
+                   accepted=accepted, emitted_token_id=emitted_token_id,
+                   emitted_token=target_surfaces.text_of(emitted_token_id), emitted_kind=kind,
+                   token_probs=list(token_probs), new_text=new_text, draft_forwards=draft_forwards, timings=timings,
+                   new_tokens_total=new_tokens_total, emitted_special=special, verifier=verifier)
+
+    @property
+    def cost_matrix(self) -> np.ndarray:
+        """(k, m) local costs over the draft tokens that cover the proxies (empty without an alignment)."""
+        return self.alignment.cost_matrix if self.alignment is not None else _EMPTY_COST
+
+    @property
+    def warping_path(self) -> np.ndarray:
+        """(L, 2) pairs (draft index, proxy index)."""
+        return self.alignment.warping_path if self.alignment is not None else _EMPTY_PATH
 
     @property
     def proposed(self) -> int:
@@ -61,6 +90,10 @@ class RoundTrace:
         return proxy_to_draft(self.warping_path, len(self.proxy_token_ids))
 
 
+_EMPTY_COST = np.zeros((0, 0))
+_EMPTY_PATH = np.zeros((0, 2), dtype=np.int32)
+
+
 @dataclass
 class Generation:
     """The result of one generation: the target's new tokens, their text, rounds and statistics."""
@@ -73,7 +106,7 @@ class Generation:
 
 
 def run_stats(rounds: list[RoundTrace], wall_s: float) -> dict:
-    """The metrics of ALGORITHM.md section 5 for a list of rounds."""
+    """The metrics of docs/algorithm.md ("Metrics") for a list of rounds."""
     new_tokens = sum(len(r.new_token_ids) for r in rounds)
     proposed = sum(r.proposed for r in rounds)
     accepted = sum(r.accepted for r in rounds)
