@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tokentiming.models import fetch as fetching
-from tokentiming.models import ModelSpecError, load, model_choices, presets, require_chat_template, resolve
+from tokentiming.models import ModelSpecError, load, model_choices, require_chat_template, resolve
 from tokentiming.models.presets import DEFAULT_PAIR, PRESETS, TEST_PAIR, Preset, Wheel
 
 TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
