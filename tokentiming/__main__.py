@@ -39,7 +39,7 @@ def _generate(args) -> int:
         stats = generation.stats
         print(f"\n\n[{stats['new_tokens']} tokens in {stats['wall_s']:.2f}s = {stats['tokens_per_s']:.1f} tok/s; "
               f"acceptance {stats['acceptance_rate']:.2f}, tau {stats['tau']:.2f}, "
-              f"align {stats['align_us_per_round']:.1f} us/round]", file=sys.stderr)
+              f"align {stats['align_us_median']:.1f} us/round (median)]", file=sys.stderr)
     return 0
 
 
@@ -61,37 +61,49 @@ def _progress_bar(total_hint: str):
 def _bench(args) -> int:
     from pathlib import Path
 
-    from .tools import bench
     from .models import load
+    from .tools import bench
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.verifiers:
+        rules = [v.strip() for v in args.verifiers.split(",") if v.strip()]
+        kept = [m for m in methods if m.removesuffix("-static") not in bench.OUR_RULES]
+        methods = kept[:1] + rules + kept[1:]
+    temperatures = [float(t) for t in args.temperatures.split(",")] if args.temperatures else [args.temperature]
     prompts = bench.load_prompts(args.prompts)
     if args.categories:
         wanted = {c.strip() for c in args.categories.split(",")}
         prompts = [p for p in prompts if p.category in wanted]
         if not prompts:
             raise ValueError(f"no prompt in categories {sorted(wanted)}")
+    prompts = prompts[:args.limit] if args.limit else prompts
     target = load(args.target, device=args.device, dtype=args.dtype)
     draft = load(args.draft, device=args.device, dtype=args.dtype)
-    harness = bench.Bench(target, draft, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    harness = bench.Bench(target, draft, max_new_tokens=args.max_new_tokens, temperature=temperatures[0],
                           top_p=args.top_p, num_draft_tokens=args.num_draft_tokens, band=args.band,
                           adaptive=args.adaptive)
-    runs = bench.run_benchmark(harness, prompts, methods, args.repeats, progress=_progress_bar("bench"))
-    summary = bench.summarise(runs, methods)
-    identical = bench.identical_to_target(runs, methods) if harness.greedy else {}
-    fidelity = None
-    if not harness.greedy and args.fidelity_samples:
-        fidelity = bench.fidelity(harness, prompts[0], [m for m in methods if m in ("ar", "tokentiming", "hf-uag")],
-                                  args.fidelity_samples, progress=_progress_bar("fidelity"))
+    runs = bench.run_benchmark(harness, prompts, methods, args.repeats, progress=_progress_bar("bench"),
+                               temperatures=temperatures)
+    sections = []
+    for temperature in temperatures:
+        mine = [r for r in runs if r.temperature == temperature]
+        present = [m for m in methods if any(r.method == m for r in mine)]
+        fidelity = None
+        if temperature > 0 and args.fidelity_samples:
+            checked = [m for m in present if m.removesuffix("-static") in ("ar", *bench.OUR_RULES, "hf-uag", "hf-usd")]
+            fidelity = bench.fidelity(harness, prompts[0], checked, args.fidelity_samples,
+                                      progress=_progress_bar(f"fidelity T={temperature}"), temperature=temperature)
+        sections.append((temperature, bench.summarise(mine, present),
+                         bench.identical_to_target(mine, present) if temperature == 0 else {}, fidelity))
     settings = dict(target=args.target, draft=args.draft, max_new_tokens=args.max_new_tokens,
-                    temperature=args.temperature, top_p=args.top_p, repeats=args.repeats,
+                    temperature=temperatures[0], temperatures=temperatures, top_p=args.top_p, repeats=args.repeats,
                     num_draft_tokens=args.num_draft_tokens, adaptive=args.adaptive, prompts=args.prompts or "built-in",
                     dtype=str(next(target[0].parameters()).dtype).removeprefix("torch."), machine=bench.machine(),
                     peak_rss_mb=bench.peak_rss_mb(), command=" ".join(["python -m tokentiming", *sys.argv[1:]]))
-    report = bench.write_report(Path(args.out), runs, summary, identical, fidelity, settings)
-    print(bench.markdown_table(summary, identical, fidelity, settings))
+    bench.write_reports(Path(args.out), runs, sections, settings)
+    print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     print(f"\nreport: {Path(args.out) / 'report.md'}, {Path(args.out) / 'report.json'}", file=sys.stderr)
-    return 0 if all(report["identical_to_target"].values()) else 1
+    return 0 if all(all(identical.values()) for _, _, identical, _ in sections) else 1
 
 
 def _rank_drafts(args) -> int:
@@ -158,10 +170,15 @@ def main(argv=None) -> int:
     bench.add_argument("--prompts", help="JSONL: {category, prompt, chat} lines or Spec-Bench questions")
     bench.add_argument("--categories", help="comma-separated categories to keep")
     bench.add_argument("--methods", default="ar,hf-ar,tokentiming,hf-uag",
-                       help="comma-separated, from: ar, hf-ar, tokentiming, hf-uag, ar-static, tokentiming-static "
-                            "(the -static methods use static KV caches and CUDA graphs on a GPU)")
+                       help="comma-separated, from: ar, hf-ar, tokentiming, tli, transfer, hf-uag, hf-usd, "
+                            "ar-static, tokentiming-static, tli-static (the -static methods use static KV caches "
+                            "and CUDA graphs on a GPU; hf-usd is transformers' sampling path, temperature > 0)")
+    bench.add_argument("--verifiers", help="our rules to run, e.g. tokentiming,tli,transfer (replace those in "
+                                           "--methods)")
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--temperature", type=float, default=0.0)
+    bench.add_argument("--temperatures", help="comma-separated, e.g. 0,0.7,1.0: every method at each, in one run")
+    bench.add_argument("--limit", type=int, help="use only the first N prompts (after --categories)")
     bench.add_argument("--top-p", type=float, default=1.0)
     bench.add_argument("--num-draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS)
     bench.add_argument("--band", type=int, default=8)

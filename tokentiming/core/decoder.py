@@ -269,13 +269,15 @@ class _Decoding:
         try:
             start = time.perf_counter()
             self.prefill()
-            busy = time.perf_counter() - start
+            busy = prefill = time.perf_counter() - start
             index = 0
             while not self.finished:
                 start = time.perf_counter()
                 trace = self.round(index)
                 busy += time.perf_counter() - start
                 trace.elapsed_s = busy
+                if index == 0:
+                    trace.timings["prefill_ms"] = prefill * 1e3
                 index += 1
                 yield trace
         finally:

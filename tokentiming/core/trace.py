@@ -7,7 +7,7 @@ computed here once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from statistics import fmean
+from statistics import median
 
 import numpy as np
 
@@ -38,6 +38,7 @@ class RoundTrace:
     new_text: str  # the text this round committed (whole characters only; special tokens write none)
     draft_forwards: int
     timings: dict[str, float] = field(default_factory=dict)  # draft_ms, reencode_us, align_us, verify_ms, resync_us
+    #                                                           (and prefill_ms, on the first round)
     elapsed_s: float = 0.0  # generating time so far (prefill included), at the end of this round
     new_tokens_total: int = 0  # target tokens written so far, this round included
     emitted_special: bool = False  # the emitted token is a special token (end of text, say): it writes no text
@@ -105,23 +106,63 @@ class Generation:
     stop_reason: str  # "eos" or "max_new_tokens"
 
 
-def run_stats(rounds: list[RoundTrace], wall_s: float) -> dict:
-    """The metrics of docs/algorithm.md ("Metrics") for a list of rounds."""
-    new_tokens = sum(len(r.new_token_ids) for r in rounds)
-    proposed = sum(r.proposed for r in rounds)
-    accepted = sum(r.accepted for r in rounds)
-    aligned = [r.timings["align_us"] for r in rounds if "align_us" in r.timings]
-    target_forwards = len(rounds)
+#: Where a round's time goes: each step's timing key and its unit in seconds.
+STEPS = {"prefill": ("prefill_ms", 1e-3), "draft": ("draft_ms", 1e-3), "reencode": ("reencode_us", 1e-6),
+         "align": ("align_us", 1e-6), "verify": ("verify_ms", 1e-3), "resync": ("resync_us", 1e-6)}
+
+
+def totals(rounds: list[RoundTrace], wall_s: float) -> dict:
+    """What one generation adds up to: counts, seconds per step, and the samples a median needs."""
+    first = rounds[0] if rounds else None
     return {
+        "generations": 1,
         "rounds": len(rounds),
-        "target_forwards": target_forwards,
+        "target_forwards": len(rounds),  # one per round; the prompt's prefill is not a decoding step
         "draft_forwards": sum(r.draft_forwards for r in rounds),
-        "proposed": proposed,
-        "accepted": accepted,
-        "acceptance_rate": accepted / proposed if proposed else 0.0,
-        "tau": new_tokens / target_forwards if target_forwards else 0.0,
-        "align_us_per_round": fmean(aligned) if aligned else 0.0,
-        "new_tokens": new_tokens,
+        "proposed": sum(r.proposed for r in rounds),
+        "accepted": sum(r.accepted for r in rounds),
+        "new_tokens": sum(len(r.new_token_ids) for r in rounds),
+        "first_tokens": len(first.new_token_ids) if first else 0,
         "wall_s": wall_s,
-        "tokens_per_s": new_tokens / wall_s if wall_s > 0 else 0.0,
+        "first_token_s": first.elapsed_s if first else 0.0,
+        "step_s": {step: sum(r.timings.get(key, 0.0) for r in rounds) * unit for step, (key, unit) in STEPS.items()},
+        "align_us": [r.timings["align_us"] for r in rounds if "align_us" in r.timings],
     }
+
+
+def combine(many: list[dict]) -> dict:
+    """Several generations' :func:`totals` added up (the benchmark pools its runs this way)."""
+    combined = {key: sum(t[key] for t in many) for key in many[0] if key not in ("step_s", "align_us")}
+    combined["step_s"] = {step: sum(t["step_s"][step] for t in many) for step in STEPS}
+    combined["align_us"] = [us for t in many for us in t["align_us"]]
+    return combined
+
+
+def metrics(total: dict) -> dict:
+    """The metrics of docs/algorithm.md ("Metrics"), each defined here once, from :func:`totals`."""
+    wall, first = total["wall_s"], total["first_token_s"]
+    decode_s = wall - first
+    other = wall - sum(total["step_s"].values())
+    return {
+        "rounds": total["rounds"],
+        "target_forwards": total["target_forwards"],
+        "draft_forwards": total["draft_forwards"],
+        "proposed": total["proposed"],
+        "accepted": total["accepted"],
+        "acceptance_rate": total["accepted"] / total["proposed"] if total["proposed"] else 0.0,
+        "tau": total["new_tokens"] / total["target_forwards"] if total["target_forwards"] else 0.0,
+        "align_us_median": median(total["align_us"]) if total["align_us"] else 0.0,
+        "new_tokens": total["new_tokens"],
+        "wall_s": wall,
+        "tokens_per_s": total["new_tokens"] / wall if wall > 0 else 0.0,
+        # The first token waits for the prompt's prefill; what follows is decoding proper.
+        "time_to_first_token_s": first / total["generations"] if total["generations"] else 0.0,
+        "decode_tokens_per_s": (total["new_tokens"] - total["first_tokens"]) / decode_s if decode_s > 0 else 0.0,
+        "time_shares": {**{step: seconds / wall for step, seconds in total["step_s"].items()},
+                        "other": max(0.0, other) / wall} if wall > 0 else {},
+    }
+
+
+def run_stats(rounds: list[RoundTrace], wall_s: float) -> dict:
+    """The metrics of one generation (see :func:`metrics`)."""
+    return metrics(totals(rounds, wall_s))

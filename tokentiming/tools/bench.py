@@ -1,10 +1,14 @@
 """Benchmarks: every method on the same prompts, interleaved prompt by prompt, reported as ratios.
 
-Methods: ``ar`` (target alone, our loop), ``hf-ar`` (transformers ``generate`` alone), ``tokentiming`` (ours)
-and ``hf-uag`` (transformers' assisted generation across tokenizers: string-level matching when greedy, its
-vocabulary-intersection path when sampling). ``ar-static`` and ``tokentiming-static`` run our loops on static
-KV caches replayed from CUDA graphs on a GPU (:mod:`tokentiming.backends.kv`). Our loops count their own forward passes
-(graph replays never call the model's ``forward``); transformers' are counted with hooks on the models.
+Methods: ``ar`` (target alone, our loop), ``hf-ar`` (transformers ``generate`` alone), our rules ``tokentiming``,
+``tli`` and ``transfer``, and transformers' assisted generation across tokenizers: ``hf-uag`` (string-level
+matching when greedy) and ``hf-usd`` (the same call when sampling, where transformers drafts from the vocabulary
+intersection). ``ar-static``, ``tokentiming-static`` and ``tli-static`` run our loops on static KV caches replayed
+from CUDA graphs on a GPU (:mod:`tokentiming.backends.kv`). Our loops count their own forward passes (graph
+replays never call the model's ``forward``); transformers' are counted with hooks on the models.
+
+Every figure is computed by :mod:`tokentiming.core.trace` (``totals``, ``combine``, ``metrics``): the bench only
+pools runs and divides one method's wall time by another's.
 """
 
 from __future__ import annotations
@@ -16,19 +20,22 @@ import resource
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ..core.decoder import (DEFAULT_ADAPTIVE, DEFAULT_DRAFT_TOKENS, TokenTimingDecoder, autoregressive,
                       render_prompt)
+from ..core import trace
 from ..core.verification import Sampling
 
-METHODS = ("ar", "hf-ar", "tokentiming", "hf-uag", "ar-static", "tokentiming-static")
-BUILTIN_PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "prompts.jsonl"
-#: transformers' sampling path across tokenizers is not lossless (see the fidelity column).
-NOT_LOSSLESS_WHEN_SAMPLING = {"hf-uag"}
+OUR_RULES = ("tokentiming", "tli", "transfer")
+METHODS = ("ar", "hf-ar", *OUR_RULES, "hf-uag", "hf-usd", "ar-static", "tokentiming-static", "tli-static")
+TRANSFORMERS = ("hf-ar", "hf-uag", "hf-usd")
+BUILTIN_PROMPTS = Path(__file__).resolve().parents[2] / "assets" / "prompts.jsonl"
+#: Not lossless when sampling (see the fidelity column): transformers' cross-tokenizer path and our paper rule.
+NOT_LOSSLESS_WHEN_SAMPLING = {"hf-uag", "hf-usd", "transfer"}
 
 
 @dataclass
@@ -50,11 +57,16 @@ class Run:
     repeat: int
     token_ids: list[int]
     wall_s: float
-    target_forwards: int
-    draft_forwards: int
-    proposed: int = 0
-    accepted: int = 0
-    align_us: list[float] = field(default_factory=list)
+    temperature: float
+    totals: dict  # tokentiming.core.trace.totals of this run
+
+    @property
+    def target_forwards(self) -> int:
+        return self.totals["target_forwards"]
+
+    @property
+    def proposed(self) -> int:
+        return self.totals["proposed"]
 
     @property
     def new_tokens(self) -> int:
@@ -111,58 +123,67 @@ class Bench:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def run(self, method: str, prompt: Prompt, max_new_tokens: int | None = None, seed: int | None = None) -> Run:
+    def run(self, method: str, prompt: Prompt, max_new_tokens: int | None = None, seed: int | None = None,
+            temperature: float | None = None) -> Run:
         max_new_tokens = max_new_tokens or self.max_new_tokens
         seed = self.seed if seed is None else seed
+        temperature = self.temperature if temperature is None else temperature
         self.target_counter.take(), self.draft_counter.take()
         _synchronise()
         start = time.perf_counter()
-        extra = {}
         base, static = method.removesuffix("-static"), method.endswith("-static")
         if base == "ar":
             generation = autoregressive(self.target_model, self.target_tokenizer, prompt.message, max_new_tokens,
-                                        self.temperature, 0, self.top_p, seed, static=static)
-        elif base == "tokentiming":
-            generation = self.decoder.generate(prompt.message, max_new_tokens=max_new_tokens,
-                                               temperature=self.temperature, top_p=self.top_p,
-                                               num_draft_tokens=self.num_draft_tokens, band=self.band,
-                                               adaptive=self.adaptive, seed=seed, static=static)
-            extra = dict(proposed=generation.stats["proposed"], accepted=generation.stats["accepted"],
-                         align_us=[r.timings["align_us"] for r in generation.rounds if "align_us" in r.timings])
-        elif method in ("hf-ar", "hf-uag"):
-            token_ids = self._transformers(method, prompt, max_new_tokens, seed)
+                                        temperature, 0, self.top_p, seed, static=static)
+        elif base in OUR_RULES:
+            generation = self.decoder.generate(prompt.message, max_new_tokens=max_new_tokens, temperature=temperature,
+                                               top_p=self.top_p, num_draft_tokens=self.num_draft_tokens,
+                                               band=self.band, adaptive=self.adaptive, seed=seed, static=static,
+                                               verifier=base)
+        elif method in TRANSFORMERS:
+            token_ids, first_token_s = self._transformers(method, prompt, max_new_tokens, seed, temperature)
         else:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         _synchronise()
         wall = time.perf_counter() - start
-        if base in ("ar", "tokentiming"):
-            # one target forward per round (the prompt's prefill is not a decoding step)
-            token_ids = generation.token_ids
-            forwards = len(generation.rounds), sum(r.draft_forwards for r in generation.rounds)
+        if method in TRANSFORMERS:
+            forwards = self.target_counter.take()
+            totals = dict(trace.totals([], wall), rounds=forwards, target_forwards=forwards,
+                          draft_forwards=self.draft_counter.take(), new_tokens=len(token_ids),
+                          first_tokens=1 if token_ids else 0, first_token_s=first_token_s)
         else:
-            forwards = self.target_counter.take(), self.draft_counter.take()
-        return Run(method, prompt.category, -1, -1, token_ids, wall, *forwards, **extra)
+            token_ids = generation.token_ids
+            totals = trace.totals(generation.rounds, wall)  # wall: the whole call, setup included
+        return Run(method, prompt.category, -1, -1, token_ids, wall, temperature, totals)
 
-    def _transformers(self, method: str, prompt: Prompt, max_new_tokens: int, seed: int) -> list[int]:
+    def _transformers(self, method: str, prompt: Prompt, max_new_tokens: int, seed: int,
+                      temperature: float) -> tuple[list[int], float]:
+        """transformers' own ``generate``; returns the new ids and the time to the first of them."""
+        greedy = temperature == 0
+        if method == "hf-usd" and greedy:
+            raise ValueError("hf-usd is transformers' sampling path across tokenizers: use a temperature > 0 "
+                             "(hf-uag is its greedy path)")
         ids = torch.tensor([render_prompt(self.target_tokenizer, prompt.message)], device=self.target_model.device)
-        options = dict(max_new_tokens=max_new_tokens, do_sample=not self.greedy, pad_token_id=self.target_tokenizer.eos_token_id
-                       if self.target_tokenizer.pad_token_id is None else self.target_tokenizer.pad_token_id)
-        if not self.greedy:
-            options.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
+        clock = _FirstTokenClock()
+        options = dict(max_new_tokens=max_new_tokens, do_sample=not greedy, streamer=clock,
+                       pad_token_id=self.target_tokenizer.eos_token_id if self.target_tokenizer.pad_token_id is None
+                       else self.target_tokenizer.pad_token_id)
+        if not greedy:
+            options.update(temperature=temperature, top_p=self.top_p, top_k=0)
             torch.manual_seed(seed)
-        if method == "hf-uag":
+        if method in ("hf-uag", "hf-usd"):
             options.update(assistant_model=self.draft_model, tokenizer=self.target_tokenizer,
                            assistant_tokenizer=self.draft_tokenizer)
-        with torch.inference_mode(), self._draft_as_transformers_leaves_it(method):
+        with torch.inference_mode(), self._draft_as_transformers_leaves_it(method, greedy):
             output = self.target_model.generate(ids, attention_mask=torch.ones_like(ids), **options)
-        return output[0, ids.shape[1]:].tolist()
+        return output[0, ids.shape[1]:].tolist(), clock.first_token_s
 
     @contextlib.contextmanager
-    def _draft_as_transformers_leaves_it(self, method: str):
+    def _draft_as_transformers_leaves_it(self, method: str, greedy: bool):
         """transformers' cross-tokenizer *sampling* path replaces the draft's input embeddings and head
         with pruned, re-indexed ones, for good (its vocabulary translator is cached with them). Swap its
         versions in for its own runs and the draft's originals back for everything else."""
-        if method != "hf-uag" or self.greedy:
+        if method not in ("hf-uag", "hf-usd") or greedy:
             yield
             return
         draft = self.draft_model
@@ -184,31 +205,57 @@ class Bench:
         self.draft_counter.handle.remove()
 
 
+class _FirstTokenClock:
+    """A streamer for transformers' ``generate`` that notes when the first new token arrives."""
+
+    def __init__(self):
+        self.start, self.first_token_s, self.calls = time.perf_counter(), 0.0, 0
+
+    def put(self, _ids):
+        self.calls += 1
+        if self.calls == 2:  # the first call hands over the prompt
+            _synchronise()
+            self.first_token_s = time.perf_counter() - self.start
+
+    def end(self):
+        pass
+
+
 def _synchronise():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
-def interleaved(prompts: list[Prompt], methods: list[str], repeats: int):
-    """(repeat, prompt index, method) in the order A B C A B C …, prompt by prompt."""
+def interleaved(prompts: list[Prompt], methods: list[str], repeats: int, temperatures=(None,)):
+    """(repeat, prompt index, method[, temperature]) in the order A B C A B C …, prompt by prompt (and
+    temperature by temperature within a prompt)."""
     for repeat in range(repeats):
         for index in range(len(prompts)):
-            for method in methods:
-                yield repeat, index, method
+            for temperature in temperatures:
+                for method in methods:
+                    yield (repeat, index, method) if temperature is None else (repeat, index, method, temperature)
+
+
+def runnable(method: str, temperature: float) -> bool:
+    """hf-usd names transformers' sampling path, so it runs only when sampling; every other method runs at
+    any temperature (hf-uag is the same call as hf-usd when sampling)."""
+    return not (method == "hf-usd" and temperature == 0)
 
 
 def run_benchmark(bench: Bench, prompts: list[Prompt], methods: list[str], repeats: int = 1,
-                  progress=None, warmup_tokens: int = 8) -> list[Run]:
-    """Warm every method up (``warmup_tokens`` on the first prompt), then run them interleaved prompt by prompt."""
+                  progress=None, warmup_tokens: int = 8, temperatures: list[float] | None = None) -> list[Run]:
+    """Warm every method up (``warmup_tokens`` on the first prompt), then run them interleaved prompt by prompt,
+    at each of ``temperatures`` (default: the bench's own)."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
-    for method in methods:
-        bench.run(method, prompts[0], max_new_tokens=min(warmup_tokens, bench.max_new_tokens))
+    temperatures = list(temperatures or [bench.temperature])
+    order = [(r, i, m, t) for r, i, m, t in interleaved(prompts, methods, repeats, temperatures) if runnable(m, t)]
+    for method, temperature in dict.fromkeys((m, t) for _, _, m, t in order):
+        bench.run(method, prompts[0], max_new_tokens=min(warmup_tokens, bench.max_new_tokens), temperature=temperature)
     runs = []
-    order = list(interleaved(prompts, methods, repeats))
-    for step, (repeat, index, method) in enumerate(order):
-        run = bench.run(method, prompts[index], seed=bench.seed + repeat)
+    for step, (repeat, index, method, temperature) in enumerate(order):
+        run = bench.run(method, prompts[index], seed=bench.seed + repeat, temperature=temperature)
         run.prompt_index, run.repeat = index, repeat
         runs.append(run)
         if progress:
@@ -218,16 +265,18 @@ def run_benchmark(bench: Bench, prompts: list[Prompt], methods: list[str], repea
 
 def identical_to_target(runs: list[Run], methods: list[str]) -> dict[str, bool]:
     """Greedy runs: did each method write exactly the ids of the target alone (``ar``) on every prompt?"""
-    reference = {(r.prompt_index, r.repeat): r.token_ids for r in runs if r.method == "ar"}
+    greedy = [r for r in runs if r.temperature == 0]
+    reference = {(r.prompt_index, r.repeat): r.token_ids for r in greedy if r.method == "ar"}
     if not reference:
         return {}
-    return {m: all(r.token_ids == reference[(r.prompt_index, r.repeat)] for r in runs if r.method == m)
-            for m in methods}
+    return {m: all(r.token_ids == reference[(r.prompt_index, r.repeat)] for r in greedy if r.method == m)
+            for m in methods if any(r.method == m for r in greedy)}
 
 
 def summarise(runs: list[Run], methods: list[str]) -> dict:
-    """Per category and overall: tokens/s, speedups (total wall-time ratios on the same prompts), acceptance,
-    tau and align µs per round (median)."""
+    """Per category and overall, for runs at one temperature: each method's pooled metrics
+    (:func:`tokentiming.core.trace.metrics`) and its speedups: end to end and for decoding alone (after the
+    first token), as wall-time ratios on the same prompts."""
     groups = defaultdict(list)
     for run in runs:
         groups[run.category].append(run)
@@ -236,40 +285,40 @@ def summarise(runs: list[Run], methods: list[str]) -> dict:
     for category, group in groups.items():
         rows = {}
         for method in methods:
-            mine = [r for r in group if r.method == method]
-            wall = sum(r.wall_s for r in mine)
-            tokens = sum(r.new_tokens for r in mine)
-            forwards = sum(r.target_forwards for r in mine)
-            proposed = sum(r.proposed for r in mine)
-            aligned = [us for r in mine for us in r.align_us]
-            rows[method] = {
-                "tokens_per_s": tokens / wall if wall else 0.0, "wall_s": wall, "new_tokens": tokens,
-                "tau": tokens / forwards if forwards else 0.0,
-                "draft_forwards_per_token": sum(r.draft_forwards for r in mine) / tokens if tokens else 0.0,
-                "acceptance_rate": sum(r.accepted for r in mine) / proposed if proposed else None,
-                "align_us_per_round": statistics.median(aligned) if aligned else None,
-            }
-        for method, row in rows.items():
-            for baseline in ("ar", "hf-uag"):
-                if baseline in rows and row["wall_s"] and rows[baseline]["new_tokens"] == row["new_tokens"]:
-                    row[f"speedup_vs_{baseline}"] = rows[baseline]["wall_s"] / row["wall_s"]
-                elif baseline in rows and row["tokens_per_s"] and rows[baseline]["tokens_per_s"]:
-                    row[f"speedup_vs_{baseline}"] = row["tokens_per_s"] / rows[baseline]["tokens_per_s"]
+            mine = [r.totals for r in group if r.method == method]
+            if mine:
+                rows[method] = trace.metrics(trace.combine(mine))
+        for row in rows.values():
+            for baseline in ("ar", "hf-uag", "hf-usd"):
+                if baseline in rows:
+                    row[f"speedup_vs_{baseline}"] = _ratio(rows[baseline], row, "wall_s", "tokens_per_s")
+            if "ar" in rows:
+                row["decode_speedup_vs_ar"] = _ratio(rows["ar"], row, None, "decode_tokens_per_s")
         summary[category] = rows
     return summary
 
 
-def fidelity(bench: Bench, prompt: Prompt, methods: list[str], samples: int = 200, progress=None) -> dict:
+def _ratio(baseline: dict, row: dict, time_key: str | None, rate_key: str) -> float | None:
+    """baseline time / method time on the same tokens (greedy); rate ratio when token counts differ."""
+    if time_key and row[time_key] and baseline["new_tokens"] == row["new_tokens"]:
+        return baseline[time_key] / row[time_key]
+    return row[rate_key] / baseline[rate_key] if baseline[rate_key] else None
+
+
+def fidelity(bench: Bench, prompt: Prompt, methods: list[str], samples: int = 200, progress=None,
+             temperature: float | None = None) -> dict:
     """Sampling only: total variation distance between each method's first written token and the target's
     exact next-token distribution (a lossless method is within sampling noise)."""
+    temperature = bench.temperature if temperature is None else temperature
     with torch.inference_mode():
         ids = torch.tensor([render_prompt(bench.target_tokenizer, prompt.message)], device=bench.target_model.device)
-        exact = Sampling(bench.temperature, 0, bench.top_p).probs(bench.target_model(ids).logits[0, -1]).cpu()
+        exact = Sampling(temperature, 0, bench.top_p).probs(bench.target_model(ids).logits[0, -1]).cpu()
     result = {}
     for method in methods:
         counts = torch.zeros_like(exact)
         for n in range(samples):
-            counts[bench.run(method, prompt, max_new_tokens=2, seed=10_000 + n).token_ids[0]] += 1
+            run = bench.run(method, prompt, max_new_tokens=2, seed=10_000 + n, temperature=temperature)
+            counts[run.token_ids[0]] += 1
             if progress:
                 progress(n + 1, samples, method, "fidelity")
         empirical = counts / samples
@@ -279,30 +328,46 @@ def fidelity(bench: Bench, prompt: Prompt, methods: list[str], samples: int = 20
     return result
 
 
+def _cell(row: dict, key: str, fmt: str) -> str:
+    return fmt.format(row[key]) if row.get(key) is not None else "–"
+
+
 def markdown_table(summary: dict, identical: dict, fidelity_rows: dict | None, settings: dict) -> str:
+    """One temperature's results: speed, acceptance, fidelity, and where each method's time went."""
+    temperature = settings["temperature"]
     methods = list(summary["overall"])
-    lines = [f"Target `{settings['target']}`, draft `{settings['draft']}`, {settings['max_new_tokens']} new tokens, "
-             f"temperature {settings['temperature']}, dtype {settings['dtype']}, {settings['repeats']} repeat(s), "
+    lossy = {m for m in methods if m in NOT_LOSSLESS_WHEN_SAMPLING} if temperature else set()
+    lines = [f"**Temperature {temperature}.** Target `{settings['target']}`, draft `{settings['draft']}`, "
+             f"{settings['max_new_tokens']} new tokens, dtype {settings['dtype']}, {settings['repeats']} repeat(s), "
              f"machine: {settings['machine']}.", ""]
-    header = "| category | method | tok/s | speedup vs ar | speedup vs hf-uag | acceptance | tau | align µs/round |"
-    lines += [header, "|---|---|---|---|---|---|---|---|"]
+    lines += ["| category | method | tok/s | speedup vs ar | vs transformers | decoding alone vs ar | "
+              "first token s | acceptance | tau | align µs (median) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for category, rows in summary.items():
-        for method in methods:
-            row = rows[method]
-            cell = lambda key, fmt: (fmt.format(row[key]) if row.get(key) is not None else "–")  # noqa: E731
-            lines.append(f"| {category} | {method}{'¹' if method in NOT_LOSSLESS_WHEN_SAMPLING and settings['temperature'] else ''} | "
-                         f"{row['tokens_per_s']:.2f} | {cell('speedup_vs_ar', '{:.2f}×')} | "
-                         f"{cell('speedup_vs_hf-uag', '{:.2f}×')} | {cell('acceptance_rate', '{:.2f}')} | "
-                         f"{row['tau']:.2f} | {cell('align_us_per_round', '{:.1f}')} |")
+        for method, row in rows.items():
+            baseline = "speedup_vs_hf-usd" if "speedup_vs_hf-usd" in row else "speedup_vs_hf-uag"
+            lines.append(f"| {category} | {method}{'¹' if method in lossy else ''} | {row['tokens_per_s']:.2f} | "
+                         f"{_cell(row, 'speedup_vs_ar', '{:.2f}×')} | {_cell(row, baseline, '{:.2f}×')} | "
+                         f"{_cell(row, 'decode_speedup_vs_ar', '{:.2f}×')} | "
+                         f"{row['time_to_first_token_s']:.2f} | "
+                         f"{_cell(row, 'acceptance_rate', '{:.2f}') if row['proposed'] else '–'} | "
+                         f"{row['tau']:.2f} | {_cell(row, 'align_us_median', '{:.1f}') if row['proposed'] else '–'} |")
+    overall = summary["overall"]
+    ours = [m for m in methods if overall[m].get("time_shares") and overall[m]["time_shares"].get("verify")]
+    if ours:
+        steps = list(overall[ours[0]]["time_shares"])
+        lines += ["", "Where the time went (share of wall time, all prompts):", "",
+                  "| method | " + " | ".join(steps) + " |", "|---|" + "---|" * len(steps)]
+        lines += [f"| {m} | " + " | ".join(f"{overall[m]['time_shares'][step]:.0%}" for step in steps) + " |"
+                  for m in ours]
     if identical:
         lines += ["", "Greedy outputs identical to the target alone: " +
                   ", ".join(f"{m} {'yes' if ok else '**NO**'}" for m, ok in identical.items())]
     if fidelity_rows:
         lines += ["", "| method | TV distance of first token vs target | sampling noise level |", "|---|---|---|"]
         lines += [f"| {m} | {r['tv_distance']:.3f} | {r['noise_level']:.3f} |" for m, r in fidelity_rows.items()]
-    if settings["temperature"]:
-        lines += ["", "¹ transformers' cross-tokenizer sampling path is not lossless: compare its TV distance."]
-    lines += ["", f"Peak resident memory of the benchmark process: {settings['peak_rss_mb']:.0f} MB."]
+    if lossy:
+        lines += ["", "¹ not lossless when sampling (transformers' cross-tokenizer path; our experimental "
+                      "`transfer`): compare its TV distance with the noise level."]
     return "\n".join(lines)
 
 
@@ -320,27 +385,47 @@ def speedup_figure(summary: dict):
 
 
 def write_report(out: Path, runs, summary, identical, fidelity_rows, settings) -> dict:
+    """report.md, report.json and a speedup figure for runs at one temperature."""
+    return write_reports(out, runs, [(settings["temperature"], summary, identical, fidelity_rows)], settings)
+
+
+def write_reports(out: Path, runs, sections: list[tuple], settings) -> dict:
+    """The same for several temperatures: ``sections`` holds (temperature, summary, identical, fidelity)."""
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(summary, identical, fidelity_rows, settings)
-    (out / "report.md").write_text(table + "\n", encoding="utf-8")
-    report = {"settings": settings, "summary": summary, "identical_to_target": identical, "fidelity": fidelity_rows,
+    tables = [markdown_table(summary, identical, fidelity_rows, dict(settings, temperature=temperature))
+              for temperature, summary, identical, fidelity_rows in sections]
+    tables.append(f"Peak resident memory of the benchmark process: {settings['peak_rss_mb']:.0f} MB. "
+                  f"Command: `{settings.get('command', '')}`")
+    (out / "report.md").write_text("\n\n".join(tables) + "\n", encoding="utf-8")
+    report = {"settings": settings,
+              "results": [{"temperature": t, "summary": s, "identical_to_target": i, "fidelity": f}
+                          for t, s, i, f in sections],
               "runs": [asdict(r) for r in runs]}
+    if len(sections) == 1:  # one temperature: the summary at the top level too
+        report.update(summary=sections[0][1], identical_to_target=sections[0][2], fidelity=sections[0][3])
     (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     try:
-        fig = speedup_figure(summary)
+        fig = speedup_figure(sections[0][1])
     except ImportError:  # plotly is optional for headless benchmark machines
         return report
     fig.write_html(out / "speedup.html", include_plotlyjs="cdn")
-    try:
-        fig.write_image(out / "speedup.png")
-    except Exception:  # kaleido (and a browser for it) is optional
-        pass
     return report
 
 
 def machine() -> str:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.processor() or platform.machine()} CPU"
+    """The accelerator, or the CPU's model name, and the torch threads the run used."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{cpu_name()} CPU"
     return f"{device}, {torch.get_num_threads()} torch threads"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def peak_rss_mb() -> float:
