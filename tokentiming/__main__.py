@@ -76,7 +76,8 @@ def _bench(args) -> int:
         prompts = [p for p in prompts if p.category in wanted]
         if not prompts:
             raise ValueError(f"no prompt in categories {sorted(wanted)}")
-    prompts = prompts[:args.limit] if args.limit else prompts
+    if args.per_category:
+        prompts = [p for p in prompts if [q for q in prompts if q.category == p.category].index(p) < args.per_category]
     target = load(args.target, device=args.device, dtype=args.dtype)
     draft = load(args.draft, device=args.device, dtype=args.dtype)
     harness = bench.Bench(target, draft, max_new_tokens=args.max_new_tokens, temperature=temperatures[0],
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--temperature", type=float, default=0.0)
     bench.add_argument("--temperatures", help="comma-separated, e.g. 0,0.7,1.0: every method at each, in one run")
-    bench.add_argument("--limit", type=int, help="use only the first N prompts (after --categories)")
+    bench.add_argument("--per-category", type=int, help="use only the first N prompts of each category")
     bench.add_argument("--top-p", type=float, default=1.0)
     bench.add_argument("--num-draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS)
     bench.add_argument("--band", type=int, default=8)

@@ -236,10 +236,12 @@ def interleaved(prompts: list[Prompt], methods: list[str], repeats: int, tempera
                     yield (repeat, index, method) if temperature is None else (repeat, index, method, temperature)
 
 
-def runnable(method: str, temperature: float) -> bool:
-    """hf-usd names transformers' sampling path, so it runs only when sampling; every other method runs at
-    any temperature (hf-uag is the same call as hf-usd when sampling)."""
-    return not (method == "hf-usd" and temperature == 0)
+def runnable(method: str, temperature: float, methods: list[str]) -> bool:
+    """hf-usd names transformers' sampling path, so it runs only when sampling; hf-uag, the same call, then
+    stands in for it only when hf-usd is not asked for. Every other method runs at any temperature."""
+    if method == "hf-usd":
+        return temperature > 0
+    return not (method == "hf-uag" and temperature > 0 and "hf-usd" in methods)
 
 
 def run_benchmark(bench: Bench, prompts: list[Prompt], methods: list[str], repeats: int = 1,
@@ -250,7 +252,7 @@ def run_benchmark(bench: Bench, prompts: list[Prompt], methods: list[str], repea
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
     temperatures = list(temperatures or [bench.temperature])
-    order = [(r, i, m, t) for r, i, m, t in interleaved(prompts, methods, repeats, temperatures) if runnable(m, t)]
+    order = [(r, i, m, t) for r, i, m, t in interleaved(prompts, methods, repeats, temperatures) if runnable(m, t, methods)]
     for method, temperature in dict.fromkeys((m, t) for _, _, m, t in order):
         bench.run(method, prompts[0], max_new_tokens=min(warmup_tokens, bench.max_new_tokens), temperature=temperature)
     runs = []
