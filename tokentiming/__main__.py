@@ -108,28 +108,17 @@ def _bench(args) -> int:
 
 
 def _rank_drafts(args) -> int:
-    from .tools import bench
     from .models import load
+    from .tools import bench, doctor
 
     prompts = bench.load_prompts(args.prompts)[:args.limit]
     target = load(args.target, device=args.device, dtype=args.dtype)
-    ranking = []
-    for spec in [d.strip() for d in args.drafts.split(",") if d.strip()]:
-        harness = bench.Bench(target, load(spec, device=args.device, dtype=args.dtype),
-                              max_new_tokens=args.max_new_tokens, num_draft_tokens=args.num_draft_tokens)
-        runs = bench.run_benchmark(harness, prompts, ["ar", "tokentiming"], progress=_progress_bar(spec))
-        harness.close()
-        row = bench.summarise(runs, ["ar", "tokentiming"])["overall"]["tokentiming"]
-        ranking.append((row.get("speedup_vs_ar", 0.0), spec, row))
-    ranking.sort(reverse=True, key=lambda item: item[0])
-    print("| rank | draft | speedup vs target alone | acceptance | tau |\n|---|---|---|---|---|")
-    for n, (speedup, spec, row) in enumerate(ranking, 1):
-        print(f"| {n} | {spec} | {speedup:.2f}× | {row['acceptance_rate'] or 0:.2f} | {row['tau']:.2f} |")
-    best = ranking[0] if ranking else None
-    if best and best[0] > 1.0:
-        print(f"\nRecommended draft: {best[1]} ({best[0]:.2f}× on this calibration set).")
-    else:
-        print("\nNo draft pays for itself on this machine: decode with the target alone.")
+    drafts = {spec: load(spec, device=args.device, dtype=args.dtype)
+              for spec in [d.strip() for d in args.drafts.split(",") if d.strip()]}
+    reports = doctor.diagnose(target, drafts, prompts, max_new_tokens=args.max_new_tokens,
+                              temperature=args.temperature, num_draft_tokens=args.num_draft_tokens,
+                              progress=_progress_bar("calibration"))
+    print(doctor.markdown(reports))
     return 0
 
 
@@ -196,6 +185,7 @@ def main(argv=None) -> int:
     rank.add_argument("--prompts")
     rank.add_argument("--limit", type=int, default=4, help="calibration prompts")
     rank.add_argument("--max-new-tokens", type=int, default=48)
+    rank.add_argument("--temperature", type=float, default=0.0)
     rank.add_argument("--num-draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS)
     rank.add_argument("--device", default="auto")
     rank.add_argument("--dtype", default="auto")

@@ -478,6 +478,12 @@ class TokenTimingDecoder:
                         next(self.draft_model.parameters()).device)
             return self._intersection
 
+    @intersection.setter
+    def intersection(self, intersection: Intersection) -> None:
+        """Draft tli proposals from another intersection (a thinned one, say, to study smaller overlaps)."""
+        with self._intersection_lock:
+            self._intersection = intersection.to(next(self.draft_model.parameters()).device)
+
     @property
     def context_length(self) -> int:
         """How many tokens (prompt and new) the target holds; the draft is checked separately."""

@@ -50,6 +50,18 @@ class Intersection:
         tensors = ("draft_ids", "target_ids", "draft_to_target", "mask")
         return dataclasses.replace(self, **{name: getattr(self, name).to(device) for name in tensors})
 
+    def thinned(self, keep: float, seed: int = 0) -> Intersection:
+        """A random ``keep`` share of this intersection (the rest left out): a pair with less overlap, all else
+        equal, for measuring how acceptance depends on the overlap."""
+        generator = torch.Generator().manual_seed(seed)
+        kept = torch.randperm(self.size, generator=generator)[:round(keep * self.size)].sort().values.to(
+            self.draft_ids.device)
+        draft_ids, target_ids = self.draft_ids[kept], self.target_ids[kept]
+        draft_to_target = torch.full_like(self.draft_to_target, -1)
+        draft_to_target[draft_ids] = target_ids
+        return dataclasses.replace(self, draft_ids=draft_ids, target_ids=target_ids, draft_to_target=draft_to_target,
+                                   mask=draft_to_target >= 0)
+
     def in_target_space(self, draft_probs: torch.Tensor) -> torch.Tensor:
         """(..., draft_width) draft probabilities -> (..., target_width): each intersection token's mass on
         its target id, zero everywhere else."""

@@ -127,6 +127,8 @@ def totals(rounds: list[RoundTrace], wall_s: float) -> dict:
         "first_token_s": first.elapsed_s if first else 0.0,
         "step_s": {step: sum(r.timings.get(key, 0.0) for r in rounds) * unit for step, (key, unit) in STEPS.items()},
         "align_us": [r.timings["align_us"] for r in rounds if "align_us" in r.timings],
+        "path_cost": sum(float(r.alignment.path_cost) for r in rounds if r.alignment is not None),
+        "aligned_proxies": sum(r.proposed for r in rounds if r.alignment is not None),
     }
 
 
@@ -152,6 +154,8 @@ def metrics(total: dict) -> dict:
         "acceptance_rate": total["accepted"] / total["proposed"] if total["proposed"] else 0.0,
         "tau": total["new_tokens"] / total["target_forwards"] if total["target_forwards"] else 0.0,
         "align_us_median": median(total["align_us"]) if total["align_us"] else 0.0,
+        # How far apart the two tokenisations are: 0 when every proxy spells its draft token exactly.
+        "alignment_cost_per_proxy": total["path_cost"] / total["aligned_proxies"] if total["aligned_proxies"] else 0.0,
         "new_tokens": total["new_tokens"],
         "wall_s": wall,
         "tokens_per_s": total["new_tokens"] / wall if wall > 0 else 0.0,
