@@ -486,7 +486,9 @@ class GenerateTab:
             return {}
         top = min(MAX_NEW_TOKENS, limit - 1)
         return {self.max_new_tokens: gr.Slider(maximum=top, info=f"up to {top}: {target.spec} holds {limit} "
-                                                                 "positions, prompt included")}
+                                                                 "positions, prompt included"),
+                self.prompt: gr.Textbox(info=f"{target.spec} holds {limit} tokens: the prompt and the new tokens "
+                                             "together; a longer request is refused before it starts")}
 
     def request(self, values: dict) -> Request:
         return Request(target=values[self.target_box], draft=values[self.draft_box], prompt=values[self.prompt],
@@ -567,14 +569,15 @@ class GenerateTab:
         for box in models:
             box.change(tiny_note, models, self.tiny_note, api_visibility="private", queue=False)
         self.load_button.click(self.load_pair, models,
-                               [self.draft_status, self.target_status, self.facts, self.status, self.max_new_tokens],
+                               [self.draft_status, self.target_status, self.facts, self.status, self.max_new_tokens,
+                                self.prompt],
                                api_visibility="private", show_progress_on=self.status)
         inputs = {self.state, self.draft_box, self.target_box, self.prompt, self.chat, self.max_new_tokens,
                   self.temperature, self.top_p, self.num_draft_tokens, self.adaptive, self.band, self.verifier,
                   self.seed, self.compare}
         outputs = [self.status, self.text, self.stats, self.round_slider, self.heatmap, self.mapping,
                    self.round_detail, self.acceptance, self.throughput, self.state, self.draft_status,
-                   self.target_status, self.facts, self.max_new_tokens]
+                   self.target_status, self.facts, self.max_new_tokens, self.prompt]
         buttons = [self.run_button, self.stop_button]
         started = self.run_button.click(lambda: {self.run_button: gr.Button(interactive=False),
                                                  self.stop_button: gr.Button(interactive=True)},
