@@ -59,7 +59,8 @@ EXAMPLE_LABELS = ["def quicksort(items):", "Chat: palindrome function", "import 
 VERIFIER_INFO = {
     "tokentiming": "lossless (default): accept a proxy with probability min(1, p/q), correct from the residual",
     "greedy": "exact match with the target's argmax; temperature 0 only",
-    "tli": "lossless: the draft samples only tokens both vocabularies share; the target verifies with min(1, p/q)",
+    "tli": "lossless: the draft samples only tokens both vocabularies share (no re-encoding); the target verifies "
+           "with min(1, p/q)",
     "transfer": "the paper's probability transfer through the alignment: lossy, experimental",
 }
 
@@ -783,10 +784,11 @@ An end pill marks the end-of-text token. Byte pieces of a character split across
 (darker = closer; fixed scale 0–{figures.COST_SCALE_MAX}). Grey cells lie outside the **band** and are never computed.
 The orange line is the **warping path**; its dots are proxies the target accepted, crosses those it rejected.
 
-**Settings.** *Adaptive* drafting stops a round early when the draft is unsure. *Lossless* verifiers (tokentiming,
-greedy, tli) give exactly the target's distribution and never read the alignment, so the band changes only the
-picture and the timing, not the text; *transfer* is the paper's probability transfer through the alignment, lossy
-and experimental. Paper: [TokenTiming, arXiv 2510.15545]({PAPER}) · [README](/gradio_api/file={README})
+**Settings.** *Adaptive* drafting stops a round early when the draft is unsure. The *lossless* verifiers give
+exactly the target's distribution and never read the alignment: tokentiming and greedy test the proxies, and tli
+drafts only tokens both vocabularies share, so it does not re-encode at all. With them the band changes the picture
+and the timing, not the text (band 0 and band 8 write the same tokens). Only *transfer*, the paper's probability
+transfer along the warping path, reads the alignment; it is lossy and experimental. Paper: [TokenTiming, arXiv 2510.15545]({PAPER}) · [README](/gradio_api/file={README})
 """
 
 CSS = """

@@ -41,7 +41,7 @@ def _layout(fig: go.Figure, title: str, height: int = 360, top: int = 48, bottom
     # Title pinned to the top of the figure, the plot area below it: axis titles never reach it.
     fig.update_layout(title=dict(text=title, x=0.01, y=0.99, yanchor="top", yref="container", font=dict(size=14)),
                       height=height, margin=dict(l=10, r=10, t=top, b=bottom), template="plotly_white",
-                      hovermode="closest")
+                      hovermode="closest", modebar=dict(orientation="v"))  # a vertical toolbar keeps off the title
     return fig
 
 
