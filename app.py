@@ -141,8 +141,7 @@ class LoadedModels:
                 except Exception:
                     self._load(role, current.spec)  # from the local cache: it loaded before
                     raise
-            loaded = self._load(role, spec)
-            return loaded
+            return self._load(role, spec)
 
     def _room_for_another(self, current: Loaded) -> bool:
         if next(current.model.parameters()).device.type != "cpu":
@@ -154,8 +153,8 @@ class LoadedModels:
         start = time.perf_counter()
         model, tokenizer = load(spec)
         loaded = Loaded(spec, model, tokenizer, time.perf_counter() - start)
-        self.slots[role] = loaded  # the old model, if any, is released below
-        self.decoders = {pair: d for pair, d in self.decoders.items() if spec in pair}
+        self.slots[role] = loaded  # the old model, if any, goes with its decoders
+        self.decoders.clear()
         gc.collect()
         return loaded
 
