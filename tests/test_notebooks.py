@@ -134,7 +134,8 @@ def run(request) -> Run:
 def test_notebook_runs_under_a_standard_runner_without_widget_workarounds(run):
     late = {n: round(lag) for n, lag in run.reply_lag_s.items() if lag > REPLY_LAG_LIMIT_S}
     assert not late, f"the runner read these cells' execute replies this many seconds late: {late}"
-    assert len(run.reply_lag_s) == sum(1 for cell in run.notebook.cells if cell.cell_type == "code" and cell.source.strip())
+    ran = [cell for cell in run.notebook.cells if cell.cell_type == "code" and cell.source.strip()]
+    assert len(run.reply_lag_s) == len(ran)
 
 
 def test_moving_a_control_redraws_its_views_in_place(run):
@@ -147,3 +148,52 @@ def test_moving_a_control_redraws_its_views_in_place(run):
         views_after = [o for o in run.notebook.cells[n].outputs if WIDGET_VIEW not in o.get("data", {})]
         assert views_before, f"cell {n} shows controls but nothing for them to redraw"
         assert views_after != views_before, f"cell {n}: moving its controls left its views unchanged"
+
+
+EXECUTED_DIR = NOTEBOOK_DIR / "executed"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
+def test_executed_copy_is_published_from_the_current_notebook(path):
+    """A stale copy would show readers outputs of code the notebook no longer has: republish after editing."""
+    copy_path = EXECUTED_DIR / path.name
+    assert copy_path.exists(), f"no executed copy of {path.name}: python -m tokentiming.tools.notebooks {path.name[:2]}"
+    sources = [cell.source for _, cell in _code_cells(path)]
+    published = [cell.source for _, cell in _code_cells(copy_path)]
+    assert published == sources, f"{copy_path} is stale: python -m tokentiming.tools.notebooks {path.name[:2]}"
+
+
+def test_executed_copies_stay_small_and_carry_no_widget_state():
+    from tokentiming.tools.notebooks import MAX_TOTAL_BYTES, WIDGET_VIEW as PUBLISHED_WIDGET_VIEW
+
+    copies = sorted(EXECUTED_DIR.glob("*.ipynb"))
+    assert sum(p.stat().st_size for p in copies) <= MAX_TOTAL_BYTES
+    for copy_path in copies:
+        notebook = nbformat.read(copy_path, as_version=4)
+        assert "widgets" not in notebook.metadata, f"{copy_path.name} keeps widget state"
+        outputs = [output for _, cell in _code_cells(copy_path) for output in cell.outputs]
+        assert outputs, f"{copy_path.name} has no outputs"
+        assert not [o for o in outputs if PUBLISHED_WIDGET_VIEW in o.get("data", {})], copy_path.name
+
+
+def test_publishing_keeps_outputs_and_drops_widget_state(tmp_path):
+    """The publisher on a small notebook: a slider and a LiveView figure, run in a real kernel."""
+    from tokentiming.tools.notebooks import publish
+
+    source = tmp_path / "05_small.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import ipywidgets, plotly.graph_objects as go\n"
+        "from tokentiming.tools.notebooks import LiveView\n"
+        "slider = ipywidgets.IntSlider(value=2, description='n')\n"
+        "display(slider)\n"
+        "view = LiveView(go.Figure(go.Bar(y=[1, 2])))\n"
+        "print('drawn')")], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}), source)
+    copy_path = publish(source, "tiny", tmp_path / "executed", timeout=CELL_TIMEOUT_S)
+    published = nbformat.read(copy_path, as_version=4)
+    assert "widgets" not in published.metadata
+    note = published.cells[0]
+    assert note.cell_type == "markdown" and "python -m tokentiming.tools.notebooks" in note.source
+    outputs = published.cells[1].outputs
+    assert outputs[0].data == {"text/plain": "IntSlider(value=2, description='n')"}  # the slider, as text only
+    assert sum("application/vnd.plotly.v1+json" in output.get("data", {}) for output in outputs) == 1
+    assert outputs[-1].text == "drawn\n"

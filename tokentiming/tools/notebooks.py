@@ -96,7 +96,8 @@ def provenance_cell(source_name: str, pair: str):
     import torch
 
     today = datetime.date.today().isoformat()
-    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+    machine = (f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+               f"torch {torch.__version__}, Python {platform.python_version()}")
     return nbformat.v4.new_markdown_cell(
         f"*Executed copy of [`notebooks/{source_name}`](../{source_name}), written by "
         f"`python -m tokentiming.tools.notebooks` on {today} with the `{pair}` pair ({machine}); timings are that "
@@ -133,7 +134,8 @@ def select(names: list[str], notebook_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Execute the notebooks and write copies with their outputs, "
+                                                 "small enough to commit, to notebooks/executed/.")
     parser.add_argument("names", nargs="*", help="notebook name prefixes, e.g. 02 (default: all)")
     parser.add_argument("--pair", default="tiny", help="TOKENTIMING_PAIR for the kernel: tiny (default), test, default")
     parser.add_argument("--notebooks", type=Path, default=NOTEBOOK_DIR, help="folder of the source notebooks")
