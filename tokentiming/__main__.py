@@ -16,7 +16,8 @@ def _generate(args) -> int:
 
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     target_model, target_tokenizer = load(args.target, device=args.device, dtype=args.dtype,
-                                          trust_remote_code=args.trust_remote_code)
+                                          trust_remote_code=args.trust_remote_code, device_map=args.device_map,
+                                          offload_folder=args.offload_folder)
     sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, seed=args.seed, static=args.static)
     if args.method == "ar":
@@ -152,6 +153,9 @@ def main(argv=None) -> int:
                      help="static KV caches, replayed from CUDA graphs on a GPU (full-attention models)")
     gen.add_argument("--device", default="auto")
     gen.add_argument("--dtype", default="auto")
+    gen.add_argument("--device-map", help="'auto': split a target too big for one device across the GPUs, the CPU "
+                                          "and disk (accelerate); decoding then uses eager caches")
+    gen.add_argument("--offload-folder", help="where --device-map may offload weights to disk")
     gen.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a model (off by default)")
     gen.add_argument("--json", action="store_true", help="print one JSON object {text, token_ids, stats}")
     bench = commands.add_parser("bench", help="benchmark methods side by side on the same prompts")

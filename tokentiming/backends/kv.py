@@ -28,6 +28,16 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def placements(model) -> set[str]:
+    """Where a model's parts live when it was loaded split (``device_map``): {"cuda:0", "cpu", "disk"}, say."""
+    return {str(place) for place in (getattr(model, "hf_device_map", None) or {}).values()}
+
+
+def split(model) -> bool:
+    """Whether the model is spread over more than one device (or offloaded in part)."""
+    return len(placements(model)) > 1 or any(p.device.type == "meta" for p in model.parameters())
+
+
 class DynamicKV:
     """Eager forward passes over a DynamicCache that grows as needed (any device, any causal LM)."""
 
@@ -77,6 +87,10 @@ class StaticKV:
     @torch.inference_mode()
     def _allocate(self, capacity: int) -> None:
         """A new cache of ``capacity`` tokens holding the old one's contents."""
+        if split(self.model):
+            raise ValueError(f"{type(self.model).__name__} is split across {', '.join(sorted(placements(self.model)))}"
+                             "; a static cache lives on one device: use static=False (the eager cache follows "
+                             "every part of the model)")
         if not static_supported(self.model):
             raise ValueError(f"{type(self.model).__name__} has sliding-window or other non-full-attention layers; "
                              "static caches support full-attention models only: use static=False")
@@ -170,7 +184,9 @@ class StaticKV:
 
 
 def static_supported(model) -> bool:
-    """Whether :class:`StaticKV` can run ``model`` (every layer full attention)."""
+    """Whether :class:`StaticKV` can run ``model`` (on one device, every layer full attention)."""
+    if split(model):
+        return False
     cache = StaticCache(config=model.config, max_cache_len=1)  # buffers are allocated lazily: nothing yet
     return all(type(layer) is StaticLayer for layer in cache.layers)
 

@@ -23,7 +23,7 @@ import torch
 from numba import njit, prange
 
 from .cpu import match_torch_threads, rows_times_weight
-from .kv import reusable
+from .kv import reusable, split
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 
@@ -34,6 +34,8 @@ def unsupported(model) -> str | None:
     if name not in ARCHITECTURES:
         return f"{name} is not one of {', '.join(ARCHITECTURES)}"
     config = model.config
+    if split(model):
+        return "the model is split across devices"
     if next(model.parameters()).device.type != "cpu" or model.dtype != torch.float32:
         return "the model is not on the CPU in float32"
     if config.hidden_act != "silu":

@@ -175,11 +175,15 @@ def pick_dtype(dtype, device):
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
-def load(spec: str, device: str = "auto", dtype="auto", trust_remote_code: bool = False, cpu_kernels: bool = True):
+def load(spec: str, device: str = "auto", dtype="auto", trust_remote_code: bool = False, cpu_kernels: bool = True,
+         device_map=None, offload_folder: str | None = None):
     """Load ``(model, tokenizer)`` for a spec; CUDA and bf16 when available, else CPU and fp32.
 
     On a CPU in fp32, ``cpu_kernels`` routes the linear layers' inference through :mod:`tokentiming.backends.cpu`
-    (decoding steps, verify passes and prompt prefill run faster there than on PyTorch's kernel)."""
+    (decoding steps, verify passes and prompt prefill run faster there than on PyTorch's kernel).
+    ``device_map`` ("auto", or a dict of module name -> device, "cpu" or "disk") loads a model too big for one
+    device split across the GPUs present, the CPU, and disk as the last resort (``offload_folder``); the decoder
+    runs it on eager caches."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     source = resolve(spec)
@@ -192,11 +196,13 @@ def load(spec: str, device: str = "auto", dtype="auto", trust_remote_code: bool 
                              f"{', '.join(model_choices())}.") from error
     require_causal(config, spec, trust_remote_code)
     device = pick_device(device)
+    placement = {} if device_map is None else {"device_map": device_map, "offload_folder": offload_folder}
     model = AutoModelForCausalLM.from_pretrained(source, dtype=pick_dtype(dtype, device),
-                                                 trust_remote_code=trust_remote_code)
+                                                 trust_remote_code=trust_remote_code, **placement)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    model = model.to(device).eval()
-    if cpu_kernels and model.device.type == "cpu" and str(model.dtype) == "torch.float32":
+    model = (model if device_map is not None else model.to(device)).eval()
+    if (cpu_kernels and device_map is None and model.device.type == "cpu"
+            and str(model.dtype) == "torch.float32"):
         from ..backends.cpu import accelerate
 
         accelerate(model)
