@@ -112,7 +112,7 @@ class Recording:
         """One line naming the pair, the machine and the date."""
         meta = self.meta
         return (f"Recorded run: {meta['draft']} → {meta['target']}, {meta['options']['max_new_tokens']} new tokens, "
-                f"greedy, on {meta['machine']} ({meta['threads']} threads), {meta['date']}")
+                f"greedy, on {meta['machine']} ({meta['threads']} threads), {meta['date']}; {meta['note']}")
 
 
 def load_recording(path: Path = DEFAULT_RECORDING) -> Recording | None:
