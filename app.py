@@ -30,6 +30,7 @@ from tokentiming.core.decoder import (DEFAULT_ADAPTIVE, DEFAULT_DRAFT_TOKENS, MA
                                       finish)
 from tokentiming.core.facts import pair_facts  # noqa: E402
 from tokentiming.models import ModelSpecError, limits, load, load_tokenizer, model_choices, pair_from_env  # noqa: E402
+from tokentiming.tools import bench, doctor  # noqa: E402
 from tokentiming.views import figures  # noqa: E402
 from tokentiming.views.recorded import load_recording  # noqa: E402
 
@@ -57,7 +58,8 @@ EXAMPLES = [
 ]
 EXAMPLE_LABELS = ["def quicksort(items):", "Chat: palindrome function", "import json … load_config"]
 VERIFIER_INFO = {
-    "tokentiming": "lossless (default): accept a proxy with probability min(1, p/q), correct from the residual",
+    "tokentiming": "lossless (default): greedy draft re-encoded into proxies; each is accepted with the target's "
+                   "probability of it, else the target writes its own token",
     "greedy": "exact match with the target's argmax; temperature 0 only",
     "tli": "lossless: the draft samples only tokens both vocabularies share (no re-encoding); the target verifies "
            "with min(1, p/q)",
@@ -568,10 +570,12 @@ class GenerateTab:
         models = [self.draft_box, self.target_box]
         for box in models:
             box.change(tiny_note, models, self.tiny_note, api_visibility="private", queue=False)
+        # Loading shares the generation's queue: a Load never swaps a model under a running generation.
         self.load_button.click(self.load_pair, models,
                                [self.draft_status, self.target_status, self.facts, self.status, self.max_new_tokens,
                                 self.prompt],
-                               api_visibility="private", show_progress_on=self.status)
+                               api_visibility="private", show_progress_on=self.status, concurrency_limit=1,
+                               concurrency_id="models")
         inputs = {self.state, self.draft_box, self.target_box, self.prompt, self.chat, self.max_new_tokens,
                   self.temperature, self.top_p, self.num_draft_tokens, self.adaptive, self.band, self.verifier,
                   self.seed, self.compare}
@@ -719,6 +723,77 @@ def align_for_people(text: str, draft_spec: str, target_spec: str, band, full_ma
                       full_matrix=full_matrix)
 
 
+# -- pair doctor --------------------------------------------------------------------------------------
+class DoctorTab:
+    """Which of several candidate drafts pays off for a target, and why: a short calibration of both lossless
+    rules against the target alone (tokentiming.tools.doctor)."""
+
+    def __init__(self, draft_default: str, target_default: str, choices: list[str]):
+        gr.Markdown("Pick a target and the candidate drafts you have. A short calibration (a few built-in prompts, "
+                    "greedy) runs each draft with both lossless rules and the target alone, interleaved, and reports "
+                    "what decides the speed: how many tokens the vocabularies share, how far apart their "
+                    "tokenisations are (alignment cost), how much the target accepts, tau, and the measured speedup "
+                    "with its noise. A draft is recommended only when it beats the target by more than that noise.")
+        with gr.Row():
+            self.target = gr.Dropdown(choices, value=target_default, label="Target model", allow_custom_value=True,
+                                      elem_id="doctor-target")
+            self.drafts = gr.Dropdown(choices, value=[draft_default], multiselect=True, allow_custom_value=True,
+                                      label="Candidate drafts", elem_id="doctor-drafts",
+                                      info="presets, hub ids or folders; each is loaded for the calibration")
+        with gr.Row():
+            self.prompts = gr.Slider(1, 4, 2, step=1, label="Calibration prompts",
+                                     info="the first code and chat prompts of the built-in set")
+            self.max_new_tokens = gr.Slider(8, 64, 32, step=8, label="New tokens per prompt")
+            self.button = gr.Button("Diagnose", variant="primary", elem_id="diagnose")
+        self.status = gr.HTML(elem_id="doctor-status")
+        self.table = gr.Markdown(elem_id="doctor-table")
+        self.figure = gr.Plot(label="Speedup over the target alone", show_label=False, elem_id="doctor-figure")
+        self.wire()
+
+    def diagnose(self, target_spec: str, draft_specs: list[str], prompts: int, max_new_tokens: int,
+                 progress=gr.Progress()):
+        try:
+            reports = run_doctor(target_spec, draft_specs, int(prompts), int(max_new_tokens),
+                                 lambda done, total, method, draft: progress(done / total, desc=f"{draft}: {method}"))
+        except Exception as error:
+            return {self.status: banner(plain(error))}
+        return {self.status: banner(doctor.recommendation(reports), "ok" if any(r.pays_off() for r in reports)
+                                    else "note"),
+                self.table: doctor.markdown(reports, recommend=False), self.figure: figures.doctor_figure(reports)}
+
+    def wire(self):
+        self.button.click(self.diagnose, [self.target, self.drafts, self.prompts, self.max_new_tokens],
+                          [self.status, self.table, self.figure], api_visibility="private",
+                          show_progress_on=self.status, concurrency_limit=1, concurrency_id="models")
+
+
+def run_doctor(target_spec: str, draft_specs: list[str], prompts: int = 2, max_new_tokens: int = 32, progress=None):
+    """The calibration behind the doctor tab and its API: the loaded target, each draft loaded for it."""
+    draft_specs = [spec.strip() for spec in draft_specs or [] if spec and spec.strip()]
+    if not draft_specs:
+        raise UserError("Pick at least one candidate draft.")
+    limits.current().check_request(max_new_tokens=max_new_tokens)
+    target = MODELS.get("target", target_spec)
+    chosen = {}
+    for prompt in bench.load_prompts():
+        if prompt.category in ("code", "chat"):
+            chosen.setdefault(prompt.category, []).append(prompt)
+    calibration = [p for pair in zip(chosen["code"], chosen["chat"]) for p in pair][:prompts]
+    drafts = {spec: (MODELS.slots["draft"].model, MODELS.slots["draft"].tokenizer)
+              if spec == getattr(MODELS.slots.get("draft"), "spec", None) else load(spec) for spec in draft_specs}
+    return doctor.diagnose((target.model, target.tokenizer), drafts, calibration, max_new_tokens=max_new_tokens,
+                           progress=progress)
+
+
+def api_doctor(target: str, drafts: list[str], prompts: int = 2, max_new_tokens: int = 32) -> dict:
+    """Rank candidate drafts for a target; returns one report per draft (best first) and the recommendation."""
+    try:
+        reports = run_doctor(target, drafts, int(prompts), int(max_new_tokens))
+    except Exception as error:
+        raise gr.Error(plain(error)) from error
+    return {"drafts": [r.as_dict() for r in reports], "recommendation": doctor.recommendation(reports)}
+
+
 # -- API (for gradio_client) ------------------------------------------------------------------------
 def api_generate(target: str, draft: str, prompt: str, chat: bool = False, max_new_tokens: int = 64,
                  temperature: float = 0.0, top_p: float = 1.0, num_draft_tokens: int = DEFAULT_DRAFT_TOKENS,
@@ -804,6 +879,7 @@ CSS = """
 .tt-note { background: #e3f0f9; border-left: 4px solid #0072B2; }
 .tt-ok { background: #e0f3ec; border-left: 4px solid #009E73; }
 #stop button:disabled, #stop:disabled { opacity: .45; }
+#doctor-table table { display: block; overflow-x: auto; white-space: nowrap; font-size: 13px; }
 """
 
 
@@ -818,10 +894,13 @@ def build_app() -> tuple[gr.Blocks, GenerateTab, PlaygroundTab]:
             gr.Markdown(HOW_TO_READ)
         with gr.Tab("Generate"):
             generate = GenerateTab(draft_default, target_default, choices)
-        with gr.Tab("Alignment playground"):
+        with gr.Tab("Alignment"):
             playground = PlaygroundTab(draft_default, target_default, choices)
+        with gr.Tab("Pair doctor", elem_id="doctor-tab"):
+            DoctorTab(draft_default, target_default, choices)
         gr.api(api_generate, api_name="generate", concurrency_limit=1, concurrency_id="models")
         gr.api(api_align, api_name="align")
+        gr.api(api_doctor, api_name="doctor", concurrency_limit=1, concurrency_id="models")
     return app, generate, playground
 
 

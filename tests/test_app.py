@@ -240,7 +240,7 @@ def test_slider_keeps_the_users_round_while_streaming_and_stop_reports_without_a
 def test_playground_renders_a_3000_character_text_quickly_in_a_bounded_page(page):
     from playwright.sync_api import expect
 
-    page.get_by_role("tab", name="Alignment playground").click()
+    page.get_by_role("tab", name="Alignment").click()
     page.locator("#play-text textarea").fill(LONG_TEXT)
     start = time.perf_counter()
     page.click("#align")
@@ -269,7 +269,7 @@ def test_phone_layout_has_no_sideways_scroll_and_full_size_plots(server, browser
     for plot in ("#heatmap", "#acceptance"):
         assert overlapping_parts(page, plot) == [], plot
         assert page.locator(f"{plot} .js-plotly-plot").bounding_box()["height"] >= 300
-    page.get_by_role("tab", name="Alignment playground").click()
+    page.get_by_role("tab", name="Alignment").click()
     page.click("#align")
     page.wait_for_selector("#play-heatmap .js-plotly-plot", timeout=30_000)
     assert page.locator("#play-heatmap .js-plotly-plot").bounding_box()["height"] >= 300

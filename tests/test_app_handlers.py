@@ -169,3 +169,19 @@ def test_api_align_returns_banded_cells_not_a_dense_matrix_unless_asked():
     assert result["warping_path"][0] == [0, 0] and result["warping_path"][-1] == [k - 1, m - 1]
     dense = app.api_align("print('héllo 世界')", "tiny-draft", "tiny-target", 8, True)
     assert len(dense["cost_matrix"]) == k and len(dense["cost_matrix"][0]) == m
+
+
+def test_pair_doctor_ranks_drafts_and_recommends_none_when_nothing_beats_the_noise():
+    """The doctor tab and /doctor API: one report per candidate with both lossless rules measured; the tiny
+    draft is slower than the tiny target alone, so it must not be recommended."""
+    result = app.api_doctor("tiny-target", ["tiny-draft"], prompts=2, max_new_tokens=16)
+    (report,) = result["drafts"]
+    assert report["draft"] == "tiny-draft"
+    assert 0 < report["intersection_of_target"] < 1 and report["alignment_cost"] > 0
+    assert set(report["acceptance"]) == {"tokentiming", "tli"} and report["tau"]["tokentiming"] >= 1
+    assert not report["pays_off"] and result["recommendation"].startswith("No draft pays")
+
+
+def test_pair_doctor_without_candidates_says_what_to_pick():
+    out = app.DoctorTab.diagnose(type("Tab", (), {"status": "status"})(), "tiny-target", [], 2, 16)
+    assert "Pick at least one candidate draft" in out["status"]

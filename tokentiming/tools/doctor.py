@@ -101,8 +101,9 @@ def recommendation(reports: list[DraftReport]) -> str:
             f"the target alone on this calibration set.")
 
 
-def markdown(reports: list[DraftReport]) -> str:
-    lines = ["| rank | draft | shared tokens (of target / of draft) | alignment cost per proxy | "
+def markdown(reports: list[DraftReport], recommend: bool = True) -> str:
+    """The reports as a table, best first (and the recommendation under it)."""
+    lines = ["| # | draft | shared tokens (of target / of draft) | alignment cost per proxy | "
              "acceptance tokentiming / tli | tau tokentiming / tli | speedup tokentiming | speedup tli |",
              "|---|---|---|---|---|---|---|---|"]
     for n, r in enumerate(reports, 1):
@@ -110,4 +111,4 @@ def markdown(reports: list[DraftReport]) -> str:
                      f"{r.alignment_cost:.2f} | {r.acceptance['tokentiming']:.2f} / {r.acceptance['tli']:.2f} | "
                      f"{r.tau['tokentiming']:.2f} / {r.tau['tli']:.2f} | "
                      + " | ".join(f"{r.speedup[rule]:.2f}× ± {r.speedup_error[rule]:.2f}" for rule in RULES) + " |")
-    return "\n".join(lines + ["", recommendation(reports)])
+    return "\n".join(lines + (["", recommendation(reports)] if recommend else []))

@@ -313,3 +313,17 @@ def throughput_figure(runs: dict[str, list[RoundTrace]], compare: bool = True) -
     fig.update_layout(xaxis=dict(title=dict(text="seconds", standoff=4)), yaxis=dict(title="tokens written"))
     _bottom_legend(fig)
     return _layout(fig, title, height=340, bottom=60)
+
+
+def doctor_figure(reports) -> go.Figure:
+    """Each candidate draft's speedup over the target alone, per lossless rule, with its standard error."""
+    fig = go.Figure()
+    for rule, colour in (("tokentiming", "#0072B2"), ("tli", "#E69F00")):
+        fig.add_trace(go.Bar(name=rule, x=[r.draft for r in reports], y=[r.speedup[rule] for r in reports],
+                             marker_color=colour, error_y=dict(type="data", array=[r.speedup_error[rule]
+                                                                                   for r in reports]),
+                             hovertext=[f"acceptance {r.acceptance[rule]:.2f} · tau {r.tau[rule]:.2f}"
+                                        for r in reports]))
+    fig.add_hline(y=1.0, line_dash="dot", annotation_text="target alone", annotation_position="bottom right")
+    fig.update_layout(barmode="group", yaxis_title="speedup (×)", legend=dict(orientation="h", y=-0.2))
+    return _layout(fig, "Speedup vs the target alone (± s.e.)", height=360)
