@@ -2,8 +2,10 @@
 
 import os
 
+# One thread for numba's parallel kernels too (set before numba loads): on a 2-core machine shared with the
+# test's own subprocesses, parallel regions cost many times their work in waiting threads.
 for _name, _value in {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-                      "TOKENIZERS_PARALLELISM": "false"}.items():
+                      "TOKENIZERS_PARALLELISM": "false", "NUMBA_NUM_THREADS": "1"}.items():
     os.environ.setdefault(_name, _value)
 
 import pytest  # noqa: E402
