@@ -310,7 +310,10 @@ class _Decoding:
         if new_ids[-1] in self.stop_ids or self.new_tokens >= self.max_new_tokens:
             self.finished = True
         special = target.surfaces.special_ids
-        return self.committed.append(target.surfaces.join(t for t in new_ids if t not in special))
+        text = self.committed.append(target.surfaces.join(t for t in new_ids if t not in special))
+        if self.finished and self.committed.pending:  # the end: an unfinished character shows as U+FFFD, as in
+            text += self.committed.pending.decode("utf-8", errors="replace")  # Generation.text
+        return text
 
 
 class _Speculation(_Decoding):
