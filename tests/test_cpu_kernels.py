@@ -75,13 +75,26 @@ def test_unsupported_models_say_why():
         LeanKV(gpt2)
 
 
-def test_lean_draft_keeps_the_target_output(tiny_target, tiny_draft):
-    """Reversed tiny pair: the Llama model drafts (on the lean forward) for the GPT-2 target."""
+def test_lean_draft_keeps_the_target_output(tiny_target, tiny_draft, monkeypatch):
+    """Reversed tiny pair: the Llama model drafts (on the lean forward) for the GPT-2 target. The draft's own
+    transformers forward is counted to show which path each decoder took."""
     target, draft = tiny_draft, tiny_target
-    for prompt in ("import os\n", "def mean(values):\n", "class Point:\n    def __init__(self"):
-        reference = autoregressive(*target, prompt, max_new_tokens=40).token_ids
-        lean = TokenTimingDecoder(*target, *draft).generate(prompt, max_new_tokens=40, num_draft_tokens=6)
-        eager = TokenTimingDecoder(*target, *draft, lean_draft=False).generate(prompt, max_new_tokens=40,
-                                                                               num_draft_tokens=6)
-        assert lean.token_ids == eager.token_ids == reference
-    assert lean_kv(draft[0], 10).length == 0
+    lean_calls = []
+    original = LeanKV.forward
+    monkeypatch.setattr(LeanKV, "forward", lambda kv, ids, keep=1: lean_calls.append(len(ids)) or original(kv, ids, keep))
+    transformers_calls = []
+    hook = draft[0].register_forward_hook(lambda *_: transformers_calls.append(1))
+    try:
+        for prompt in ("import os\n", "def mean(values):\n", "class Point:\n    def __init__(self"):
+            reference = autoregressive(*target, prompt, max_new_tokens=40).token_ids
+            lean = TokenTimingDecoder(*target, *draft).generate(prompt, max_new_tokens=40, num_draft_tokens=6)
+            assert lean_calls and not transformers_calls, "the lean decoder's draft ran on transformers"
+            lean_calls.clear()
+            eager = TokenTimingDecoder(*target, *draft, lean_draft=False).generate(prompt, max_new_tokens=40,
+                                                                                   num_draft_tokens=6)
+            assert transformers_calls and not lean_calls, "lean_draft=False still ran the lean forward"
+            transformers_calls.clear()
+            assert lean.token_ids == eager.token_ids == reference
+            assert lean.stats["proposed"] > 0
+    finally:
+        hook.remove()
