@@ -9,29 +9,46 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tokentiming import TokenTimingDecoder, autoregressive
-from tokentiming.backends.kv import BUCKETS, DynamicKV, StaticKV, static_kv
+from tokentiming.backends.kv import BUCKETS, DynamicKV, StaticKV, give_back, static_kv
 
 PROMPTS = ["def mean(values):\n", "class Point:\n    def __init__(self", "Hello 世界 🙂 naïve", "import os\n"]
+
+
+def _pad_pooled_caches(tiny_target, tiny_draft, pad: bool) -> None:
+    for model, role in ((tiny_target[0], "target"), (tiny_draft[0], "draft")):
+        kv = static_kv(model, role, 64)  # taken from the model's pool: set, then given back for the next stream
+        kv.pad = pad
+        give_back(kv)
 
 
 @pytest.fixture(params=[False, True], ids=["unpadded", "padded"])
 def padded(request, tiny_target, tiny_draft):
     """The tiny pair's reusable static caches, padded to the graph lengths or not."""
-    for model, role in ((tiny_target[0], "target"), (tiny_draft[0], "draft")):
-        static_kv(model, role, 64).pad = request.param
+    _pad_pooled_caches(tiny_target, tiny_draft, request.param)
     yield request.param
-    for model, role in ((tiny_target[0], "target"), (tiny_draft[0], "draft")):
-        static_kv(model, role, 64).pad = False
+    _pad_pooled_caches(tiny_target, tiny_draft, False)
+
+
+@pytest.fixture(scope="module")
+def eager_greedy(tiny_target):
+    """The target alone's greedy ids on the eager cache, per prompt, computed once for both paddings."""
+    return {prompt: autoregressive(*tiny_target, prompt, max_new_tokens=48).token_ids for prompt in PROMPTS}
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_static_caches_give_the_target_greedy_ids(padded, tiny_target, tiny_draft, prompt):
-    reference = autoregressive(*tiny_target, prompt, max_new_tokens=48).token_ids
+def test_static_caches_give_the_target_greedy_ids(padded, eager_greedy, tiny_target, tiny_draft, prompt, monkeypatch):
+    """On a CPU the static cache runs without graphs: eagerly, padded to the graph lengths or not."""
+    used = []
+    original = StaticKV.forward
+    monkeypatch.setattr(StaticKV, "forward", lambda kv, ids, keep=1: used.append((kv.pad, kv.graphs))
+                        or original(kv, ids, keep))
+    reference = eager_greedy[prompt]
     assert autoregressive(*tiny_target, prompt, max_new_tokens=48, static=True).token_ids == reference
     decoder = TokenTimingDecoder(*tiny_target, *tiny_draft)
     for k in (3, 12):
         generation = decoder.generate(prompt, max_new_tokens=48, num_draft_tokens=k, static=True)
         assert generation.token_ids == reference
+    assert used and set(used) == {(padded, False)}, "the static caches were not the ones asked for"
 
 
 def test_static_sampling_matches_dynamic_sampling_for_a_seed(tiny_target, tiny_draft):
@@ -83,12 +100,17 @@ def test_padding_sizes_are_the_graph_lengths(tiny_target):
     assert kv.length == 1 + 3 + 5 + 17 + 100 + 150 and max(BUCKETS) == 128
 
 
-def test_a_reused_static_cache_starts_empty(tiny_target):
+def test_a_reused_static_cache_starts_empty_and_is_never_shared(tiny_target):
     model = tiny_target[0]
     first = static_kv(model, "target", 64)
     first.forward([11, 12, 13])
+    meanwhile = static_kv(model, "target", 64)  # a second stream while the first holds its cache
+    assert meanwhile is not first
+    give_back(meanwhile)
+    give_back(first)
     again = static_kv(model, "target", 2000)
     assert again is first and again.length == 0 and again.capacity >= 2000
+    give_back(again)
 
 
 def test_graphs_need_a_gpu(tiny_target):

@@ -42,18 +42,32 @@ def real_decoder(real_pair):
     return TokenTimingDecoder(target_model, target_tokenizer, draft_model, draft_tokenizer)
 
 
-@pytest.mark.parametrize("prompt", PROMPTS, ids=[str(i) for i in range(len(PROMPTS))])
-def test_greedy_equals_target_greedy_on_the_real_pair(real_pair, real_decoder, prompt):
-    target = real_pair[0]
-    reference = autoregressive(*target, prompt, max_new_tokens=24)
-    generation = real_decoder.generate(prompt, max_new_tokens=24)
+@pytest.fixture(scope="module")
+def greedy_runs(real_pair, real_decoder):
+    """(target alone, decoder) greedy generations of each prompt, run once on first use and shared: the
+    acceptance test reads the same generations the exactness test checks."""
+    runs = {}
+
+    def run(index):
+        if index not in runs:
+            prompt = PROMPTS[index]
+            runs[index] = (autoregressive(*real_pair[0], prompt, max_new_tokens=24),
+                           real_decoder.generate(prompt, max_new_tokens=24))
+        return runs[index]
+
+    return run
+
+
+@pytest.mark.parametrize("index", range(len(PROMPTS)), ids=[str(i) for i in range(len(PROMPTS))])
+def test_greedy_equals_target_greedy_on_the_real_pair(greedy_runs, index):
+    reference, generation = greedy_runs(index)
     assert generation.token_ids == reference.token_ids
 
 
-def test_drafts_are_accepted_on_code_prompts(real_decoder):
-    stats = [real_decoder.generate(p, max_new_tokens=32).stats for p in PROMPTS[:4]]
+def test_drafts_are_accepted_on_code_prompts(greedy_runs):
+    stats = [greedy_runs(index)[1].stats for index in range(4)]
     assert sum(s["accepted"] for s in stats) / sum(s["proposed"] for s in stats) > 0.2
-    assert all(s["align_us_per_round"] < 1000 for s in stats)
+    assert all(s["align_us_median"] < 1000 for s in stats)
 
 
 # -- three real tokenizer families ----------------------------------------------------------------------
@@ -100,8 +114,8 @@ def test_reencode_and_resync_across_real_families(families, data):
         text = draft_text(draft, drafted)
         proxies = reencode(target, target_ids, text)
         pending = split_incomplete(committed)[1]
-        assert (pending + target.join(proxies)).startswith(pending) and \
-            text.encode().startswith(pending + target.join(proxies)) or not proxies
+        # The proxies spell the drafted text after the target's half-written character, never other bytes.
+        assert not proxies or text.encode().startswith(pending + target.join(proxies))
         accepted = data.draw(st.integers(0, len(proxies)))
         emitted = target.encode(data.draw(st.sampled_from(["x", " the", "中", "\n", "😀"])))[:1]
         new_ids = proxies[:accepted] + emitted
