@@ -98,7 +98,7 @@ def figure(result: dict):
             fig.add_trace(go.Scatter(
                 x=[r["share_of_draft"] for r in points], y=[r[rule]["acceptance_rate"] for r in points],
                 mode="markers+text", marker=dict(symbol=symbols[rule] + "-open", size=11, color=colours[rule]),
-                text=[f"{r['draft']}→{r['target']}" for r in points] if rule == "tli" else None,
+                text=[f"{r['draft']}→{r['target']}" for r in points] if rule == "tli" and n == 0 else None,
                 textposition="top center", textfont=dict(size=9), name=f"{rule}, real pairs, T={temperature}"))
     fig.update_layout(title="Acceptance against vocabulary overlap", template="plotly_white", height=520,
                       xaxis=dict(title="share of the draft's tokens also in the target vocabulary (bytes)",
