@@ -46,17 +46,19 @@ class MemoContext(ModelContext):
         return self.memo[key]
 
 
-def first_tokens(decoder, verifier: str, samples: int = SAMPLES, run_class=_Speculation) -> np.ndarray:
+def first_tokens(decoder, verifier: str, samples: int = SAMPLES, run_class=_Speculation, prompt: str = PROMPT,
+                 draft_tokens: int = DRAFT_TOKENS, temperature: float = TEMPERATURE) -> np.ndarray:
+    """The first token written by ``samples`` first rounds, one seed each (the round's own code, real models)."""
     memo_target, memo_draft = {}, {}
-    target_ids = render_prompt(decoder.target_tokenizer, PROMPT)
-    draft_ids = render_prompt(decoder.draft_tokenizer, PROMPT)
+    target_ids = render_prompt(decoder.target_tokenizer, prompt)
+    draft_ids = render_prompt(decoder.draft_tokenizer, prompt)
     intersection = decoder.intersection if verifier == "tli" else None
     firsts = np.empty(samples, dtype=np.int64)
     for seed in range(samples):
         run = run_class(MemoContext(decoder.target_model, decoder.target_tokenizer, target_ids, memo_target),
                         MemoContext(decoder.draft_model, decoder.draft_tokenizer, draft_ids, memo_draft),
-                        stop_ids=decoder.stop_ids, sampling=Sampling(TEMPERATURE), max_new_tokens=3,
-                        num_draft_tokens=DRAFT_TOKENS, band=8, verifier=verifier, adaptive=False, seed=seed,
+                        stop_ids=decoder.stop_ids, sampling=Sampling(temperature), max_new_tokens=3,
+                        num_draft_tokens=draft_tokens, band=8, verifier=verifier, adaptive=False, seed=seed,
                         intersection=intersection)
         firsts[seed] = next(run.rounds()).new_token_ids[0]
     return firsts
