@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 from pathlib import Path
 
 import torch
@@ -22,23 +21,13 @@ from ..core.trace import run_stats
 from ..models import load
 from ..models.presets import DEFAULT_PAIR
 from ..views.recorded import DEFAULT_RECORDING, Recording
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name (Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from .bench import cpu_name
 
 
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return cpu_model()
+    return cpu_name()
 
 
 def record(target: str, draft: str, prompt: str, chat: bool, max_new_tokens: int, band: int) -> Recording:
