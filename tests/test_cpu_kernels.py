@@ -70,7 +70,7 @@ def test_unsupported_models_say_why():
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2))
     assert "GPT2LMHeadModel" in unsupported(gpt2)
     assert "silu" in unsupported(_llama(hidden_act="gelu"))
-    assert unsupported(_llama().to(torch.float64)) == "the model is not on the CPU in float32"
+    assert unsupported(_llama().to(torch.float64)) == "the model is not on the CPU in float32 or bfloat16"
     with pytest.raises(ValueError, match="lean CPU forward cannot run"):
         LeanKV(gpt2)
 
@@ -98,3 +98,62 @@ def test_lean_draft_keeps_the_target_output(tiny_target, tiny_draft, monkeypatch
             assert lean.stats["proposed"] > 0
     finally:
         hook.remove()
+
+
+# -- choosing the kernel per machine, by measurement --------------------------------------------------------
+def _fake_measurement(kernel_buckets):
+    from tokentiming.backends.cpu import BUCKETS
+
+    return lambda weights: {"buckets": list(BUCKETS), "torch_ms": [1.0] * len(BUCKETS),
+                            "kernel_ms": [1.0] * len(BUCKETS), "kernel": [b in kernel_buckets for b in BUCKETS]}
+
+
+def test_each_row_count_runs_on_the_kernel_measured_faster_for_it_not_on_one_kernel_for_all(tmp_path, monkeypatch):
+    from tokentiming.backends import cpu
+
+    monkeypatch.setenv("TOKENTIMING_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu, "measure", _fake_measurement({4, 8}))  # the kernel wins for 3-8 rows only
+    model = accelerate(torch.nn.Sequential(torch.nn.Linear(16, 8)))
+    kernel_rows = []
+    original = cpu.small_linear
+    monkeypatch.setattr(cpu, "small_linear", lambda x, w, b=None: kernel_rows.append(x.numel() // 16) or original(x, w, b))
+    with torch.inference_mode():
+        for rows in (1, 2, 3, 6, 8, 9, 300):
+            x = torch.randn(rows, 16)
+            torch.testing.assert_close(model(x), torch.nn.functional.linear(x, model[0].weight, model[0].bias))
+    assert kernel_rows == [3, 6, 8]
+    assert cpu.describe(model) == "PyTorch 1-2 rows, kernel 3-8 rows, PyTorch 9+ rows"
+
+
+def test_measurement_is_cached_per_machine_and_thread_count_instead_of_repeated_at_every_load(tmp_path, monkeypatch):
+    from tokentiming.backends import cpu
+
+    monkeypatch.setenv("TOKENTIMING_HOME", str(tmp_path))
+    measured = []
+    fake = _fake_measurement({1})
+    monkeypatch.setattr(cpu, "measure", lambda weights: measured.append(tuple(weights[0].shape)) or fake(weights))
+    make = lambda: torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 16), torch.nn.Linear(16, 8))
+    accelerate(make())
+    assert sorted(measured) == [(8, 16), (16, 8)]  # once per weight shape
+    accelerate(make())
+    assert len(measured) == 2, "a second load measured again instead of reading the cache"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        accelerate(make())
+    finally:
+        torch.set_num_threads(threads)
+    assert len(measured) == 4, "another thread count reused a measurement made for a different one"
+
+
+def test_real_measurement_times_both_kernels_and_picks_the_faster():
+    from tokentiming.backends.cpu import BUCKETS, MARGIN, measure
+
+    result = measure([torch.randn(64, 32) for _ in range(2)])
+    for torch_ms, kernel_ms, kernel in zip(result["torch_ms"], result["kernel_ms"], result["kernel"]):
+        if torch_ms is not None:
+            assert torch_ms > 0 and kernel_ms > 0
+            assert kernel == (kernel_ms < MARGIN * torch_ms)
+        else:
+            assert not kernel
+    assert len(result["kernel"]) == len(BUCKETS)

@@ -101,6 +101,7 @@ def _bench(args) -> int:
                     temperature=temperatures[0], temperatures=temperatures, top_p=args.top_p, repeats=args.repeats,
                     num_draft_tokens=args.num_draft_tokens, adaptive=args.adaptive, prompts=args.prompts or "built-in",
                     dtype=str(next(target[0].parameters()).dtype).removeprefix("torch."), machine=bench.machine(),
+                    linear_kernels=bench.kernels(target[0]),
                     peak_rss_mb=bench.peak_rss_mb(), command=" ".join(["python -m tokentiming", *sys.argv[1:]]))
     bench.write_reports(Path(args.out), runs, sections, settings)
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))

@@ -36,8 +36,8 @@ def unsupported(model) -> str | None:
     config = model.config
     if split(model):
         return "the model is split across devices"
-    if next(model.parameters()).device.type != "cpu" or model.dtype != torch.float32:
-        return "the model is not on the CPU in float32"
+    if next(model.parameters()).device.type != "cpu" or model.dtype not in (torch.float32, torch.bfloat16):
+        return "the model is not on the CPU in float32 or bfloat16"
     if config.hidden_act != "silu":
         return f"hidden_act is {config.hidden_act!r}, not 'silu'"
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
@@ -92,9 +92,9 @@ class LeanKV:
             self.w_down = _stack(l.mlp.down_proj.weight for l in layers)
             self.norm_in = _stack(l.input_layernorm.weight for l in layers)
             self.norm_post = _stack(l.post_attention_layernorm.weight for l in layers)
-            self.norm_final = body.norm.weight.detach().numpy()
-            self.embed = body.embed_tokens.weight.detach().numpy()
-            self.head = model.lm_head.weight.detach().numpy()
+            self.norm_final = body.norm.weight.detach().float().numpy()
+            self.embed = body.embed_tokens.weight.detach().float().numpy()
+            self.head = model.lm_head.weight.detach().float().numpy()
             self.inv_freq = body.rotary_emb.inv_freq.detach().float().cpu()
             self.rope_scale = float(body.rotary_emb.attention_scaling)
         self.length = 0

@@ -24,6 +24,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Callable
 
+from ..machine import home
 from .errors import ModelSpecError, hub_offline
 from .presets import PRESETS, Preset, Wheel
 
@@ -83,15 +84,6 @@ def _hub_endpoint() -> str:
     from huggingface_hub import constants
 
     return constants.ENDPOINT
-
-
-def home() -> Path:
-    """Where converted presets live: ``$TOKENTIMING_HOME``, else the user cache dir + ``tokentiming``."""
-    if os.environ.get("TOKENTIMING_HOME"):
-        return Path(os.environ["TOKENTIMING_HOME"]).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir()) / "tokentiming"
 
 
 def preset(name: str | Preset) -> Preset:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import resource
 import statistics
 import time
@@ -28,6 +27,7 @@ import torch
 from ..core.decoder import (DEFAULT_ADAPTIVE, DEFAULT_DRAFT_TOKENS, TokenTimingDecoder, autoregressive,
                       render_prompt)
 from ..core import trace
+from ..machine import cpu_name
 from ..core.verification import Sampling
 
 OUR_RULES = ("tokentiming", "tli", "transfer")
@@ -341,7 +341,9 @@ def markdown_table(summary: dict, identical: dict, fidelity_rows: dict | None, s
     lossy = {m for m in methods if m in NOT_LOSSLESS_WHEN_SAMPLING} if temperature else set()
     lines = [f"**Temperature {temperature}.** Target `{settings['target']}`, draft `{settings['draft']}`, "
              f"{settings['max_new_tokens']} new tokens, dtype {settings['dtype']}, {settings['repeats']} repeat(s), "
-             f"machine: {settings['machine']}.", ""]
+             f"machine: {settings['machine']}"
+             + (f"; target's linear layers: {settings['linear_kernels']}" if settings.get("linear_kernels") else "")
+             + ".", ""]
     lines += ["| category | method | tok/s | speedup vs ar | vs transformers | decoding alone vs ar | "
               "first token s | acceptance | tau | align µs (median) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for category, rows in summary.items():
@@ -420,14 +422,13 @@ def machine() -> str:
     return f"{device}, {torch.get_num_threads()} torch threads"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def kernels(model) -> str:
+    """Which linear kernel the target's layers ran on, by row count (:func:`tokentiming.backends.cpu.describe`)."""
+    if next(model.parameters()).device.type != "cpu":
+        return "PyTorch (CUDA)" if torch.cuda.is_available() else "PyTorch"
+    from ..backends.cpu import describe
+
+    return describe(model)
 
 
 def peak_rss_mb() -> float:

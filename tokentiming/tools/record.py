@@ -21,7 +21,7 @@ from ..core.trace import run_stats
 from ..models import load
 from ..models.presets import DEFAULT_PAIR
 from ..views.recorded import DEFAULT_RECORDING, Recording
-from .bench import cpu_name
+from ..machine import cpu_name
 
 
 def machine() -> str:
