@@ -4,6 +4,7 @@ Both must compute what transformers computes (to float rounding), and the decode
 must stay the target's own whatever the draft runs on.
 """
 
+import numpy as np
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -66,6 +67,29 @@ def test_lean_forward_matches_transformers(make):
         assert lean.length == 28 and lean.capacity >= 30
 
 
+def test_int8_weights_round_trip_within_half_a_step_per_row():
+    from tokentiming.backends.lean import quantise
+
+    weights = np.random.default_rng(0).standard_normal((3, 40, 64)).astype(np.float32)
+    weights[1, 5] = 0.0  # an all-zero row must not divide by zero
+    q, scale = quantise(weights)
+    assert q.dtype == np.int8 and scale.shape == (3, 40) and np.abs(q).max() == 127
+    assert np.all(np.abs(q * scale[..., None] - weights) <= scale[..., None] / 2 + 1e-7)
+    assert not np.isnan(scale).any() and np.all(q[1, 5] == 0)
+
+
+@pytest.mark.parametrize("make", [_llama, _qwen2], ids=["llama", "qwen2-bias"])
+def test_int8_lean_forward_applies_each_rows_scale(make):
+    """A forgotten or misplaced scale leaves logits off by orders of magnitude, not by a few per cent."""
+    model = make()
+    ids = torch.randint(0, 300, (30,), generator=torch.Generator().manual_seed(3)).tolist()
+    with torch.inference_mode():
+        exact = LeanKV(model, capacity=64).forward(ids, 30)
+        int8 = LeanKV(model, capacity=64, int8=True).forward(ids, 30)
+    relative_rms = float(((int8 - exact).pow(2).mean() / exact.var()).sqrt())
+    assert relative_rms < 0.05, relative_rms
+
+
 def test_unsupported_models_say_why():
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2))
     assert "GPT2LMHeadModel" in unsupported(gpt2)
@@ -75,20 +99,24 @@ def test_unsupported_models_say_why():
         LeanKV(gpt2)
 
 
-def test_lean_draft_keeps_the_target_output(tiny_target, tiny_draft, monkeypatch):
-    """Reversed tiny pair: the Llama model drafts (on the lean forward) for the GPT-2 target. The draft's own
-    transformers forward is counted to show which path each decoder took."""
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_lean_draft_keeps_the_target_output(tiny_target, tiny_draft, monkeypatch, int8):
+    """Reversed tiny pair: the Llama model drafts (on the lean forward, fp32 or int8 weights) for the GPT-2
+    target. The draft's own transformers forward is counted to show which path each decoder took."""
     target, draft = tiny_draft, tiny_target
     lean_calls = []
     original = LeanKV.forward
-    monkeypatch.setattr(LeanKV, "forward", lambda kv, ids, keep=1: lean_calls.append(len(ids)) or original(kv, ids, keep))
+    monkeypatch.setattr(LeanKV, "forward",
+                        lambda kv, ids, keep=1: lean_calls.append(kv.int8) or original(kv, ids, keep))
     transformers_calls = []
     hook = draft[0].register_forward_hook(lambda *_: transformers_calls.append(1))
     try:
         for prompt in ("import os\n", "def mean(values):\n", "class Point:\n    def __init__(self"):
             reference = autoregressive(*target, prompt, max_new_tokens=40).token_ids
-            lean = TokenTimingDecoder(*target, *draft).generate(prompt, max_new_tokens=40, num_draft_tokens=6)
+            lean = TokenTimingDecoder(*target, *draft, draft_int8=int8).generate(prompt, max_new_tokens=40,
+                                                                                 num_draft_tokens=6)
             assert lean_calls and not transformers_calls, "the lean decoder's draft ran on transformers"
+            assert set(lean_calls) == {int8}, "the draft ran on other weights than asked for"
             lean_calls.clear()
             eager = TokenTimingDecoder(*target, *draft, lean_draft=False).generate(prompt, max_new_tokens=40,
                                                                                    num_draft_tokens=6)

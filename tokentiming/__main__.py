@@ -83,7 +83,7 @@ def _bench(args) -> int:
     draft = load(args.draft, device=args.device, dtype=args.dtype)
     harness = bench.Bench(target, draft, max_new_tokens=args.max_new_tokens, temperature=temperatures[0],
                           top_p=args.top_p, num_draft_tokens=args.num_draft_tokens, band=args.band,
-                          adaptive=args.adaptive)
+                          adaptive=args.adaptive, draft_int8=args.draft_int8)
     runs = bench.run_benchmark(harness, prompts, methods, args.repeats, progress=_progress_bar("bench"),
                                temperatures=temperatures)
     sections = []
@@ -100,6 +100,7 @@ def _bench(args) -> int:
     settings = dict(target=args.target, draft=args.draft, max_new_tokens=args.max_new_tokens,
                     temperature=temperatures[0], temperatures=temperatures, top_p=args.top_p, repeats=args.repeats,
                     num_draft_tokens=args.num_draft_tokens, adaptive=args.adaptive, prompts=args.prompts or "built-in",
+                    draft_int8=args.draft_int8,
                     dtype=str(next(target[0].parameters()).dtype).removeprefix("torch."), machine=bench.machine(),
                     linear_kernels=bench.kernels(target[0]),
                     peak_rss_mb=bench.peak_rss_mb(), command=" ".join(["python -m tokentiming", *sys.argv[1:]]))
@@ -178,6 +179,8 @@ def main(argv=None) -> int:
     bench.add_argument("--num-draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS)
     bench.add_argument("--band", type=int, default=8)
     bench.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=DEFAULT_ADAPTIVE)
+    bench.add_argument("--draft-int8", action="store_true",
+                       help="our methods' lean draft on int8 weights (the output is unchanged; acceptance may move)")
     bench.add_argument("--repeats", type=int, default=1)
     bench.add_argument("--fidelity-samples", type=int, default=200, help="sampling only; 0 skips the check")
     bench.add_argument("--device", default="auto")

@@ -48,7 +48,9 @@ def rows_times_weight(x, w, out):  # pragma: no cover - compiled
     """out[m, o] = x[m] . w[o], for every row m of x (M x I) and row o of w (O x I).
 
     Each thread takes 4 weight rows at a time and pairs input rows, so each weight value loaded serves
-    two input rows and each input value four weight rows.
+    two input rows and each input value four weight rows. ``w`` may be float32 or int8 (compiled once for
+    each): int8 weights are widened to float32 as they arrive, a quarter of the bytes to stream (their
+    per-row scales are the caller's to apply).
     """
     rows, width = x.shape
     outputs = w.shape[0]
@@ -59,7 +61,7 @@ def rows_times_weight(x, w, out):  # pragma: no cover - compiled
                 for m in range(rows):
                     acc = np.float32(0.0)
                     for i in range(width):
-                        acc += x[m, i] * w[oo, i]
+                        acc += x[m, i] * np.float32(w[oo, i])
                     out[m, oo] = acc
             continue
         w0, w1, w2, w3 = w[o], w[o + 1], w[o + 2], w[o + 3]
@@ -69,14 +71,15 @@ def rows_times_weight(x, w, out):  # pragma: no cover - compiled
             a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
             for i in range(width):
                 u, v = x0[i], x1[i]
-                a0 += u * w0[i]
-                a1 += u * w1[i]
-                a2 += u * w2[i]
-                a3 += u * w3[i]
-                b0 += v * w0[i]
-                b1 += v * w1[i]
-                b2 += v * w2[i]
-                b3 += v * w3[i]
+                c0, c1, c2, c3 = np.float32(w0[i]), np.float32(w1[i]), np.float32(w2[i]), np.float32(w3[i])
+                a0 += u * c0
+                a1 += u * c1
+                a2 += u * c2
+                a3 += u * c3
+                b0 += v * c0
+                b1 += v * c1
+                b2 += v * c2
+                b3 += v * c3
             out[m, o], out[m, o + 1], out[m, o + 2], out[m, o + 3] = a0, a1, a2, a3
             out[m + 1, o], out[m + 1, o + 1], out[m + 1, o + 2], out[m + 1, o + 3] = b0, b1, b2, b3
             m += 2
@@ -85,10 +88,10 @@ def rows_times_weight(x, w, out):  # pragma: no cover - compiled
             a0 = a1 = a2 = a3 = np.float32(0.0)
             for i in range(width):
                 u = x0[i]
-                a0 += u * w0[i]
-                a1 += u * w1[i]
-                a2 += u * w2[i]
-                a3 += u * w3[i]
+                a0 += u * np.float32(w0[i])
+                a1 += u * np.float32(w1[i])
+                a2 += u * np.float32(w2[i])
+                a3 += u * np.float32(w3[i])
             out[m, o], out[m, o + 1], out[m, o + 2], out[m, o + 3] = a0, a1, a2, a3
 
 

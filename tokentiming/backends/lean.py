@@ -7,7 +7,10 @@ grouped-query attention over a preallocated KV cache, SiLU MLP, tied or untied h
 function over the model's own weights, stacked per layer.
 
 It is for drafts only. Its logits equal transformers' up to float rounding (summation order), not bit
-for bit, and a draft can afford that: every token it proposes is verified by the target, so what the
+for bit; with ``int8=True`` the weights of every matrix product (not the embedding lookup or the norms)
+are stored as int8 with one float scale per output row, a quarter of the bytes to stream per token, and
+the logits move by the quantisation error (bounded in ``tests/test_cpu_kernels.py``). A draft can afford
+both: every token it proposes is verified by the target, so what the
 draft computes changes only how many proposals are accepted, never the output. The target keeps
 transformers' forward (or :mod:`tokentiming.backends.kv`'s static cache), so its output stays exact.
 
@@ -59,10 +62,23 @@ def _stack(tensors) -> np.ndarray:
     return np.ascontiguousarray(np.stack([t.detach().float().numpy() for t in tensors]))
 
 
+def quantise(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output row: ``weights ≈ q * scale[..., None]``, ``|q| <= 127``."""
+    scale = np.abs(weights).max(axis=-1) / np.float32(127.0)
+    scale[scale == 0] = 1.0
+    q = np.rint(weights / scale[..., None]).astype(np.int8)
+    return np.ascontiguousarray(q), scale.astype(np.float32)
+
+
+def _weights(matrix: np.ndarray, int8: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, per-row scales) as the compiled forward takes them: int8 and its scales, or fp32 and ones."""
+    return quantise(matrix) if int8 else (matrix, np.ones(matrix.shape[:-1], np.float32))
+
+
 class LeanKV:
     """The :mod:`tokentiming.backends.kv` contract (``forward``, ``truncate``, ``length``) for a supported draft."""
 
-    def __init__(self, model, capacity: int = 1024):
+    def __init__(self, model, capacity: int = 1024, int8: bool = False):
         reason = unsupported(model)
         if reason:
             raise ValueError(f"the lean CPU forward cannot run this model: {reason}")
@@ -76,6 +92,7 @@ class LeanKV:
         self.head_dim = attention.head_dim
         self.eps = float(config.rms_norm_eps)
         self.scale = float(attention.scaling)
+        self.int8 = int8
 
         def qkv_bias(layer):
             a = layer.self_attn
@@ -84,17 +101,18 @@ class LeanKV:
             return torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
 
         with torch.no_grad():
-            self.w_qkv = _stack(torch.cat([l.self_attn.q_proj.weight, l.self_attn.k_proj.weight,
-                                           l.self_attn.v_proj.weight]) for l in layers)
+            self.w_qkv = _weights(_stack(torch.cat([l.self_attn.q_proj.weight, l.self_attn.k_proj.weight,
+                                                    l.self_attn.v_proj.weight]) for l in layers), int8)
             self.b_qkv = _stack(qkv_bias(l) for l in layers)
-            self.w_o = _stack(l.self_attn.o_proj.weight for l in layers)
-            self.w_gate_up = _stack(torch.cat([l.mlp.gate_proj.weight, l.mlp.up_proj.weight]) for l in layers)
-            self.w_down = _stack(l.mlp.down_proj.weight for l in layers)
+            self.w_o = _weights(_stack(l.self_attn.o_proj.weight for l in layers), int8)
+            self.w_gate_up = _weights(_stack(torch.cat([l.mlp.gate_proj.weight, l.mlp.up_proj.weight])
+                                             for l in layers), int8)
+            self.w_down = _weights(_stack(l.mlp.down_proj.weight for l in layers), int8)
             self.norm_in = _stack(l.input_layernorm.weight for l in layers)
             self.norm_post = _stack(l.post_attention_layernorm.weight for l in layers)
             self.norm_final = body.norm.weight.detach().float().numpy()
             self.embed = body.embed_tokens.weight.detach().float().numpy()
-            self.head = model.lm_head.weight.detach().float().numpy()
+            self.head = _weights(model.lm_head.weight.detach().float().numpy(), int8)
             self.inv_freq = body.rotary_emb.inv_freq.detach().float().cpu()
             self.rope_scale = float(body.rotary_emb.attention_scaling)
         self.length = 0
@@ -102,7 +120,7 @@ class LeanKV:
         self._grow(capacity)
 
     def _grow(self, capacity: int) -> None:
-        shape = (len(self.w_qkv), self.kv_heads, capacity, self.head_dim)
+        shape = (len(self.b_qkv), self.kv_heads, capacity, self.head_dim)
         keys, values = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         if self.capacity:
             keys[:, :, :self.capacity] = self.keys
@@ -128,18 +146,18 @@ class LeanKV:
         if self.length + len(ids) > self.capacity:
             self._grow(max(2 * self.capacity, self.length + len(ids) + 256))
         match_torch_threads()
-        logits = np.empty((keep, self.head.shape[0]), np.float32)
-        _forward(np.asarray(ids, np.int64), self.length, self.embed, self.w_qkv, self.b_qkv, self.w_o,
-                 self.w_gate_up, self.w_down, self.norm_in, self.norm_post, self.norm_final, self.head,
+        logits = np.empty((keep, self.head[0].shape[0]), np.float32)
+        _forward(np.asarray(ids, np.int64), self.length, self.embed, *self.w_qkv, self.b_qkv, *self.w_o,
+                 *self.w_gate_up, *self.w_down, self.norm_in, self.norm_post, self.norm_final, *self.head,
                  self.keys, self.values, self.cos, self.sin, self.heads, self.kv_heads, self.eps, self.scale,
                  logits)
         self.length += len(ids)
         return torch.from_numpy(logits)
 
 
-def lean_kv(model, capacity: int) -> LeanKV:
-    """The model's reusable :class:`LeanKV` (weights stacked once)."""
-    return reusable(model, "lean", LeanKV, capacity)
+def lean_kv(model, capacity: int, int8: bool = False) -> LeanKV:
+    """The model's reusable :class:`LeanKV` (weights stacked, and quantised if ``int8``, once)."""
+    return reusable(model, "lean-int8" if int8 else "lean", lambda m, c: LeanKV(m, c, int8=int8), capacity)
 
 
 # -- the compiled forward pass ------------------------------------------------------------------------
@@ -198,8 +216,17 @@ def _attend(qkv, keys, values, start, heads, kv_heads, scale, out):  # pragma: n
 
 
 @njit(fastmath=True, cache=True)
-def _forward(tokens, start, embed, w_qkv, b_qkv, w_o, w_gate_up, w_down, norm_in, norm_post, norm_final,
-             head, keys, values, cos, sin, heads, kv_heads, eps, scale, logits):  # pragma: no cover - compiled
+def _product(x, weights, scales, out):  # pragma: no cover - compiled
+    """out = x @ (weights * scales[:, None]).T, the scales applied to the few output rows."""
+    rows_times_weight(x, weights, out)
+    for t in range(out.shape[0]):
+        out[t] *= scales
+
+
+@njit(fastmath=True, cache=True)
+def _forward(tokens, start, embed, w_qkv, s_qkv, b_qkv, w_o, s_o, w_gate_up, s_gate_up, w_down, s_down, norm_in,
+             norm_post, norm_final, head, s_head, keys, values, cos, sin, heads, kv_heads, eps, scale,
+             logits):  # pragma: no cover - compiled
     rows = tokens.shape[0]
     width = embed.shape[1]
     head_dim = keys.shape[3]
@@ -216,7 +243,7 @@ def _forward(tokens, start, embed, w_qkv, b_qkv, w_o, w_gate_up, w_down, norm_in
     k_offset, v_offset = heads * head_dim, (heads + kv_heads) * head_dim
     for layer in range(w_qkv.shape[0]):
         _rms_norm(x, norm_in[layer], eps, h)
-        rows_times_weight(h, w_qkv[layer], qkv)
+        _product(h, w_qkv[layer], s_qkv[layer], qkv)
         qkv += b_qkv[layer]
         for t in range(rows):
             position = start + t
@@ -228,18 +255,18 @@ def _forward(tokens, start, embed, w_qkv, b_qkv, w_o, w_gate_up, w_down, norm_in
                 keys[layer, g, position] = k
                 values[layer, g, position] = qkv[t, v_offset + g * head_dim:v_offset + (g + 1) * head_dim]
         _attend(qkv, keys[layer], values[layer], start, heads, kv_heads, scale, attended)
-        rows_times_weight(attended, w_o[layer], projected)
+        _product(attended, w_o[layer], s_o[layer], projected)
         x += projected
         _rms_norm(x, norm_post[layer], eps, h)
-        rows_times_weight(h, w_gate_up[layer], gate_up)
+        _product(h, w_gate_up[layer], s_gate_up[layer], gate_up)
         for t in range(rows):
             for i in range(inner):
                 g = gate_up[t, i]
                 act[t, i] = g / (np.float32(1.0) + np.exp(-g)) * gate_up[t, inner + i]
-        rows_times_weight(act, w_down[layer], projected)
+        _product(act, w_down[layer], s_down[layer], projected)
         x += projected
     keep = logits.shape[0]
     last = np.empty((keep, width), np.float32)
     _rms_norm(x[rows - keep:], norm_final, eps, last)
-    rows_times_weight(last, head, logits)
+    _product(last, head, s_head, logits)
 

@@ -174,14 +174,15 @@ class ModelContext:
 
 
 def _context(model, tokenizer, prompt, role: str, static: bool, max_new_tokens: int,
-             lean: bool = False) -> ModelContext:
+             lean: bool = False, int8: bool = False) -> ModelContext:
     """A context for one generation: on a fresh eager cache, on a static cache from the model's pool
-    (``static``), or for a supported CPU draft on the lean compiled forward (``lean``)."""
+    (``static``), or for a supported CPU draft on the lean compiled forward (``lean``, on int8 weights if
+    ``int8``)."""
     prompt_ids = render_prompt(tokenizer, prompt)
     # Room for the prompt, the new tokens in a draft tokenizer up to 4x finer, and one padded draft.
     capacity = len(prompt_ids) + 4 * max_new_tokens + 2 * BUCKETS[-1]
     if lean and unsupported(model) is None:
-        return ModelContext(model, tokenizer, prompt_ids, lean_kv(model, capacity))
+        return ModelContext(model, tokenizer, prompt_ids, lean_kv(model, capacity, int8))
     if static:
         return ModelContext(model, tokenizer, prompt_ids, static_kv(model, role, capacity))
     return ModelContext(model, tokenizer, prompt_ids)
@@ -456,10 +457,14 @@ class TokenTimingDecoder:
     for its lifetime (reusable caches come from a per-model pool and go back when the stream ends).
     """
 
-    def __init__(self, target_model, target_tokenizer, draft_model, draft_tokenizer, lean_draft: bool = True):
+    def __init__(self, target_model, target_tokenizer, draft_model, draft_tokenizer, lean_draft: bool = True,
+                 draft_int8: bool = False):
         """``lean_draft``: run a Llama-family draft on a CPU through :mod:`tokentiming.backends.lean` (one
-        compiled call per forward instead of transformers' per-layer modules); the target is never affected."""
-        self.lean_draft = lean_draft
+        compiled call per forward instead of transformers' per-layer modules); ``draft_int8``: on int8
+        weights there (a quarter of the bytes per drafted token; the draft's logits move by the quantisation
+        error, which changes how many proposals are accepted, never the output). The target is never
+        affected."""
+        self.lean_draft, self.draft_int8 = lean_draft, draft_int8
         self.target_model, self.target_tokenizer = target_model.eval(), target_tokenizer
         self.draft_model, self.draft_tokenizer = draft_model.eval(), draft_tokenizer
         self.stop_ids = eos_ids(target_model, target_tokenizer)
@@ -521,7 +526,7 @@ class TokenTimingDecoder:
         intersection = self.intersection if verifier == "tli" else None
         target = _context(self.target_model, self.target_tokenizer, prompt, "target", static, max_new_tokens)
         draft = _context(self.draft_model, self.draft_tokenizer, prompt, "draft", static, max_new_tokens,
-                         lean=self.lean_draft)
+                         lean=self.lean_draft, int8=self.draft_int8)
         run = _Speculation(target, draft, stop_ids=self.stop_ids, sampling=sampling, max_new_tokens=max_new_tokens,
                            num_draft_tokens=num_draft_tokens, band=band, verifier=verifier, adaptive=adaptive,
                            seed=seed, intersection=intersection)
