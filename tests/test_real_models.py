@@ -12,18 +12,14 @@ from tokentiming.models.presets import TEST_PAIR
 
 pytestmark = pytest.mark.real_models
 
-PROMPTS = [
+PROMPTS = [  # code in four languages, prose in two, chat in two (one Chinese, with a system turn)
     "def binary_search(items, target):\n",
-    "import re\n\n\ndef slugify(title: str) -> str:\n",
     "class Matrix:\n    def __init__(self, rows):\n        self.rows = rows\n\n    def transpose(self):\n",
-    "# Read a JSON file and print its keys\nimport json\n",
     "for (let i = 0; i < items.length; i++) {\n",
     "SELECT name, COUNT(*) FROM orders",
-    "The three laws of thermodynamics are",
     "Once upon a time, a robot",
     "Le chat est sur",
     [{"role": "user", "content": "Write a Python function that reverses a linked list."}],
-    [{"role": "user", "content": "What is a Python decorator? One sentence."}],
     [{"role": "system", "content": "You answer in Chinese."}, {"role": "user", "content": "什么是递归？"}],
 ]
 
@@ -65,7 +61,7 @@ def test_greedy_equals_target_greedy_on_the_real_pair(greedy_runs, index):
 
 
 def test_drafts_are_accepted_on_code_prompts(greedy_runs):
-    stats = [greedy_runs(index)[1].stats for index in range(4)]
+    stats = [greedy_runs(index)[1].stats for index in (0, 1, 2, 3, 6)]
     assert sum(s["accepted"] for s in stats) / sum(s["proposed"] for s in stats) > 0.2
     assert all(s["align_us_median"] > 0 for s in stats)  # every run aligned (its speed is the benchmark's job)
 

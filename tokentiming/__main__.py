@@ -179,8 +179,9 @@ def main(argv=None) -> int:
     bench.add_argument("--num-draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS)
     bench.add_argument("--band", type=int, default=8)
     bench.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=DEFAULT_ADAPTIVE)
-    bench.add_argument("--draft-int8", action="store_true",
-                       help="our methods' lean draft on int8 weights (the output is unchanged; acceptance may move)")
+    bench.add_argument("--draft-int8", action=argparse.BooleanOptionalAction, default=True,
+                       help="our methods' lean CPU draft on int8 weights (the output is unchanged; acceptance may "
+                            "move); --no-draft-int8 keeps fp32")
     bench.add_argument("--repeats", type=int, default=1)
     bench.add_argument("--fidelity-samples", type=int, default=200, help="sampling only; 0 skips the check")
     bench.add_argument("--device", default="auto")

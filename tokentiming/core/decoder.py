@@ -458,7 +458,7 @@ class TokenTimingDecoder:
     """
 
     def __init__(self, target_model, target_tokenizer, draft_model, draft_tokenizer, lean_draft: bool = True,
-                 draft_int8: bool = False):
+                 draft_int8: bool = True):
         """``lean_draft``: run a Llama-family draft on a CPU through :mod:`tokentiming.backends.lean` (one
         compiled call per forward instead of transformers' per-layer modules); ``draft_int8``: on int8
         weights there (a quarter of the bytes per drafted token; the draft's logits move by the quantisation

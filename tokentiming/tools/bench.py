@@ -109,7 +109,7 @@ class Bench:
     """One target/draft pair and the settings every method shares."""
 
     def __init__(self, target, draft, max_new_tokens=128, temperature=0.0, top_p=1.0,
-                 num_draft_tokens=DEFAULT_DRAFT_TOKENS, band=8, adaptive=DEFAULT_ADAPTIVE, seed=0, draft_int8=False):
+                 num_draft_tokens=DEFAULT_DRAFT_TOKENS, band=8, adaptive=DEFAULT_ADAPTIVE, seed=0, draft_int8=True):
         (self.target_model, self.target_tokenizer), (self.draft_model, self.draft_tokenizer) = target, draft
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.num_draft_tokens, self.band, self.adaptive, self.seed = num_draft_tokens, band, adaptive, seed
