@@ -90,6 +90,29 @@ def test_int8_lean_forward_applies_each_rows_scale(make):
     assert relative_rms < 0.05, relative_rms
 
 
+def test_long_prompt_prefilled_by_transformers_leaves_the_lean_cache_as_its_own_prefill_would():
+    """A prompt of PREFILL_ROWS tokens or more goes through transformers' forward and its keys and values are
+    copied in: wrong positions, a missed layer or unrotated keys would show in every step after it. On int8
+    weights the steps after it stay within the int8 tolerance of the fp32 ones."""
+    from tokentiming.backends.lean import PREFILL_ROWS
+
+    model = _llama()
+    ids = torch.randint(0, 300, (PREFILL_ROWS + 12,), generator=torch.Generator().manual_seed(4)).tolist()
+    prompt, steps = ids[:PREFILL_ROWS + 5], ids[PREFILL_ROWS + 5:]
+    with torch.inference_mode():
+        copied, own, int8 = LeanKV(model, capacity=16), LeanKV(model, capacity=16), LeanKV(model, 16, int8=True)
+        torch.testing.assert_close(copied.forward(prompt, 2), DynamicKV(model).forward(prompt, 2), rtol=1e-4, atol=1e-4)
+        int8.forward(prompt, 1)
+        own.forward(prompt[:5], 1)
+        own.forward(prompt[5:PREFILL_ROWS - 1], 1)  # below the threshold: the compiled forward, in two parts
+        own.forward(prompt[PREFILL_ROWS - 1:], 1)
+        assert copied.length == own.length == int8.length == len(prompt)
+        for token in steps:
+            exact = own.forward([token])
+            torch.testing.assert_close(copied.forward([token]), exact, rtol=2e-4, atol=2e-4)
+            assert float(((int8.forward([token]) - exact).pow(2).mean() / exact.var()).sqrt()) < 0.05
+
+
 def test_unsupported_models_say_why():
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2))
     assert "GPT2LMHeadModel" in unsupported(gpt2)

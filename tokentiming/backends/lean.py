@@ -26,9 +26,12 @@ import torch
 from numba import njit, prange
 
 from .cpu import match_torch_threads, rows_times_weight
-from .kv import reusable, split
+from .kv import DynamicKV, reusable, split
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+#: A prompt at least this long is prefilled by transformers' forward (a batched matrix product, where a BLAS
+#: beats the streaming kernel) and its keys and values copied into the lean cache.
+PREFILL_ROWS = 32
 
 
 def unsupported(model) -> str | None:
@@ -143,6 +146,8 @@ class LeanKV:
         self.length = min(self.length, length)  # later writes overwrite the rest
 
     def forward(self, ids: list[int], keep: int = 1) -> torch.Tensor:
+        if self.length == 0 and len(ids) >= PREFILL_ROWS:
+            return self._prefill(ids, keep)
         if self.length + len(ids) > self.capacity:
             self._grow(max(2 * self.capacity, self.length + len(ids) + 256))
         match_torch_threads()
@@ -153,6 +158,19 @@ class LeanKV:
                  logits)
         self.length += len(ids)
         return torch.from_numpy(logits)
+
+
+    def _prefill(self, ids: list[int], keep: int) -> torch.Tensor:
+        """The prompt through transformers' forward; its keys and values (rotated, as ours) into the cache."""
+        if len(ids) > self.capacity:
+            self._grow(len(ids) + 256)
+        eager = DynamicKV(self.model)
+        logits = eager.forward(ids, keep).float()
+        for layer, cached in enumerate(eager.cache.layers):
+            self.keys[layer, :, :len(ids)] = cached.keys[0].float().numpy()
+            self.values[layer, :, :len(ids)] = cached.values[0].float().numpy()
+        self.length = len(ids)
+        return logits
 
 
 def lean_kv(model, capacity: int, int8: bool = False) -> LeanKV:
