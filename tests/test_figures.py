@@ -153,3 +153,17 @@ def test_shipped_recording_is_compact_and_says_where_and_when():
     assert DEFAULT_RECORDING.stat().st_size < 400_000
     assert recording.meta["machine"] and recording.meta["date"] and recording.reference_rounds
     assert recording.meta["machine"] in recording.label and recording.meta["date"] in recording.label
+
+
+def test_tli_rounds_say_their_proposals_came_from_the_intersection_not_from_re_encoding(decoder):
+    """A tli round's views were labelled as DTW proxies, as if its proposals had been re-encoded."""
+    rounds = {rule: [t for t in decoder.stream("def add(a, b):\n", max_new_tokens=24, verifier=rule, seed=0)
+                     if t.proposed]
+              for rule in ("tli", "tokentiming")}
+    tli, tokentiming = rounds["tli"][0], rounds["tokentiming"][0]
+    mapping = figures.round_mapping(tli)
+    assert "intersection tokens accepted" in mapping.layout.title.text
+    assert list(mapping.layout.yaxis.ticktext) == ["intersection", "draft"]
+    assert "intersection" in figures.round_heatmap(tli, 8).layout.xaxis.title.text
+    assert "intersection" not in figures.round_mapping(tokentiming).layout.title.text
+    assert "proxy tokens" in figures.round_heatmap(tokentiming, 8).layout.xaxis.title.text

@@ -119,7 +119,8 @@ def _path_legend(fig: go.Figure, tested: bool) -> None:
 def alignment_heatmap(draft_tokens: list[str], proxy_tokens: list[str], cost_matrix: np.ndarray,
                       warping_path: np.ndarray, band: int, accepted: int | None = None,
                       title: str = "DTW cost matrix and warping path", draft_offset: int = 0,
-                      proxy_offset: int = 0, outside: np.ndarray | None = None) -> go.Figure:
+                      proxy_offset: int = 0, outside: np.ndarray | None = None,
+                      proxy_label: str = "proxy tokens (target tokenizer)") -> go.Figure:
     """Heatmap of the local costs (draft tokens down, proxy tokens across), cells outside the band shaded grey,
     the path on top: dots for accepted proxies, crosses for rejected ones.
 
@@ -154,7 +155,7 @@ def alignment_heatmap(draft_tokens: list[str], proxy_tokens: list[str], cost_mat
                              mode="lines+markers", name="warping path", showlegend=False, hoverinfo="skip",
                              line=dict(color=ORANGE, width=3), marker=dict(size=9, color=colours, symbol=symbols)))
     _path_legend(fig, tested=accepted is not None)
-    fig.update_xaxes(title=dict(text="proxy tokens (target tokenizer)", standoff=6), side="bottom", tickangle=-50,
+    fig.update_xaxes(title=dict(text=proxy_label, standoff=6), side="bottom", tickangle=-50,
                      type="category", automargin=True, showgrid=False)
     fig.update_yaxes(title=dict(text="draft tokens", standoff=6), autorange="reversed", type="category",
                      automargin=True, showgrid=False)
@@ -165,6 +166,11 @@ def alignment_heatmap(draft_tokens: list[str], proxy_tokens: list[str], cost_mat
 def round_heatmap(trace: RoundTrace | None, band: int) -> go.Figure:
     if trace is None:
         return _empty("DTW costs", "no run yet", 300)
+    if trace.verifier == "tli":
+        return alignment_heatmap(trace.draft_tokens, trace.proxy_tokens, trace.cost_matrix, trace.warping_path, band,
+                                 trace.accepted, title=f"Round {trace.index}: tli, every proposal from the intersection "
+                                                       "(same bytes, no re-encoding)",
+                                 proxy_label="intersection tokens (the same bytes in the target's vocabulary)")
     return alignment_heatmap(trace.draft_tokens, trace.proxy_tokens, trace.cost_matrix, trace.warping_path, band,
                              trace.accepted, title=f"Round {trace.index}: DTW costs, band {band}")
 
@@ -217,7 +223,7 @@ def window_heatmap(alignment, window: tuple[int, int, int, int]) -> go.Figure:
 
 def mapping_figure(draft_tokens: list[str], proxy_tokens: list[str], warping_path: np.ndarray,
                    accepted: int | None = None, title: str = "Token mapping", draft_offset: int = 0,
-                   proxy_offset: int = 0) -> go.Figure:
+                   proxy_offset: int = 0, proxy_label: str = "proxy") -> go.Figure:
     """Draft tokens on the top row, proxy tokens below, one link per step of the warping path: solid for
     accepted proxies, dashed for rejected ones, grey when nothing was tested. Offsets as in the heatmap."""
     steps = [(int(i) - draft_offset, int(j) - proxy_offset) for i, j in warping_path
@@ -239,7 +245,7 @@ def mapping_figure(draft_tokens: list[str], proxy_tokens: list[str], warping_pat
         fig.add_trace(go.Scatter(x=[top[i], bottom[j]], y=[1, 0], mode="lines",
                                  line=dict(color=colour, width=2, dash=dash), hoverinfo="skip", showlegend=False))
     for row, tokens, centres, name, offset in ((1, draft_tokens[:k], top, "draft", draft_offset),
-                                               (0, proxy_tokens, bottom, "proxy", proxy_offset)):
+                                               (0, proxy_tokens, bottom, proxy_label, proxy_offset)):
         colours = ["#37474f"] * len(tokens) if row else [link_style(j)[0] for j in range(len(tokens))]
         fig.add_trace(go.Scatter(x=centres, y=[row] * len(tokens), mode="markers+text", text=[visible(t) for t in tokens],
                                  textposition="top center" if row else "bottom center", name=name,
@@ -247,7 +253,7 @@ def mapping_figure(draft_tokens: list[str], proxy_tokens: list[str], warping_pat
                                  hovertext=[f"{name} token {offset + n}: {visible(t)}" for n, t in enumerate(tokens)],
                                  hoverinfo="text", showlegend=False))
     fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=True, tickvals=[0, 1], ticktext=["proxy", "draft"], range=[-0.7, 1.7],
+    fig.update_yaxes(visible=True, tickvals=[0, 1], ticktext=[proxy_label, "draft"], range=[-0.7, 1.7],
                      showgrid=False, zeroline=False)
     return _layout(fig, title, height=240)
 
@@ -255,6 +261,10 @@ def mapping_figure(draft_tokens: list[str], proxy_tokens: list[str], warping_pat
 def round_mapping(trace: RoundTrace | None) -> go.Figure:
     if trace is None:
         return _empty("Token mapping", "no run yet", 220)
+    if trace.verifier == "tli":  # drafted inside the intersection: each token maps to the one with its bytes
+        return mapping_figure(trace.draft_tokens, trace.proxy_tokens, trace.warping_path, trace.accepted,
+                              title=f"Round {trace.index}: {trace.accepted}/{trace.proposed} intersection tokens "
+                                    "accepted (mapped by bytes)", proxy_label="intersection")
     return mapping_figure(trace.draft_tokens, trace.proxy_tokens, trace.warping_path, trace.accepted,
                           title=f"Round {trace.index}: {trace.accepted}/{trace.proposed} proxies accepted")
 
