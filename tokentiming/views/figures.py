@@ -168,9 +168,8 @@ def round_heatmap(trace: RoundTrace | None, band: int) -> go.Figure:
         return _empty("DTW costs", "no run yet", 300)
     if trace.verifier == "tli":
         return alignment_heatmap(trace.draft_tokens, trace.proxy_tokens, trace.cost_matrix, trace.warping_path, band,
-                                 trace.accepted, title=f"Round {trace.index}: tli, every proposal from the intersection "
-                                                       "(same bytes, no re-encoding)",
-                                 proxy_label="intersection tokens (the same bytes in the target's vocabulary)")
+                                 trace.accepted, title=f"Round {trace.index}: tli, no re-encoding",
+                                 proxy_label="intersection tokens (same bytes)")
     return alignment_heatmap(trace.draft_tokens, trace.proxy_tokens, trace.cost_matrix, trace.warping_path, band,
                              trace.accepted, title=f"Round {trace.index}: DTW costs, band {band}")
 
@@ -263,8 +262,8 @@ def round_mapping(trace: RoundTrace | None) -> go.Figure:
         return _empty("Token mapping", "no run yet", 220)
     if trace.verifier == "tli":  # drafted inside the intersection: each token maps to the one with its bytes
         return mapping_figure(trace.draft_tokens, trace.proxy_tokens, trace.warping_path, trace.accepted,
-                              title=f"Round {trace.index}: {trace.accepted}/{trace.proposed} intersection tokens "
-                                    "accepted (mapped by bytes)", proxy_label="intersection")
+                              title=f"Round {trace.index}: {trace.accepted}/{trace.proposed} accepted (tli)",
+                              proxy_label="intersection")
     return mapping_figure(trace.draft_tokens, trace.proxy_tokens, trace.warping_path, trace.accepted,
                           title=f"Round {trace.index}: {trace.accepted}/{trace.proposed} proxies accepted")
 
