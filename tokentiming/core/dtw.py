@@ -101,19 +101,21 @@ def warping_path(D):
     n = path.shape[0]  # filled from the end, so the steps come out in forward order
     while i > 0 and j > 0:
         n -= 1
-        path[n, 0] = i - 1
-        path[n, 1] = j - 1
-        diagonal = D[i - 1, j - 1]
-        up = D[i - 1, j]
-        left = D[i, j - 1]
-        if diagonal <= up and diagonal <= left:
-            i -= 1
-            j -= 1
-        elif up <= left:
-            i -= 1
-        else:
-            j -= 1
+        i, j = _step_back(path, n, i, j, D[i - 1, j - 1], D[i - 1, j], D[i, j - 1])
     return path[n:]
+
+
+@njit(cache=True)
+def _step_back(path, n, i, j, diagonal, up, left):  # pragma: no cover - compiled
+    """Write cell (i - 1, j - 1) as step n of the path and move to the cheapest predecessor; ties go to the
+    diagonal, then up: one tie order for the dense and the banded backtrack, so both find the same path."""
+    path[n, 0] = i - 1
+    path[n, 1] = j - 1
+    if diagonal <= up and diagonal <= left:
+        return i - 1, j - 1
+    if up <= left:
+        return i - 1, j
+    return i, j - 1
 
 
 @njit(cache=True)
@@ -209,18 +211,9 @@ def banded_warping_path(D, first_proxy, offsets, m):
     n = path.shape[0]
     while i > 0 and j > 0:  # (i, j) counts tokens, as the padded indices of warping_path do
         n -= 1
-        path[n, 0] = i - 1
-        path[n, 1] = j - 1
-        diagonal = _banded_at(D, first_proxy, offsets, i - 2, j - 2)
-        up = _banded_at(D, first_proxy, offsets, i - 2, j - 1)
-        left = _banded_at(D, first_proxy, offsets, i - 1, j - 2)
-        if diagonal <= up and diagonal <= left:
-            i -= 1
-            j -= 1
-        elif up <= left:
-            i -= 1
-        else:
-            j -= 1
+        i, j = _step_back(path, n, i, j, _banded_at(D, first_proxy, offsets, i - 2, j - 2),
+                          _banded_at(D, first_proxy, offsets, i - 2, j - 1),
+                          _banded_at(D, first_proxy, offsets, i - 1, j - 2))
     return path[n:]
 
 
