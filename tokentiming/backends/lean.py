@@ -4,12 +4,15 @@ A draft model is small, so on a CPU its eager transformers forward is mostly fra
 SmolLM2-135M (30 layers), about 75 ms per token on the 2-core benchmark machine, of which streaming the
 540 MB of weights takes under 30. :class:`LeanKV` runs the same arithmetic (RMSNorm, rotary positions,
 grouped-query attention over a preallocated KV cache, SiLU MLP, tied or untied head) as one numba
-function over the model's own weights, stacked per layer.
+function over the model's own weights, stacked per layer. A prompt of :data:`PREFILL_ROWS` tokens or more
+is the exception: a BLAS beats a streaming kernel at many rows, so it goes through transformers' batched
+forward and its keys and values are copied into the cache.
 
 It is for drafts only. Its logits equal transformers' up to float rounding (summation order), not bit
 for bit; with ``int8=True`` the weights of every matrix product (not the embedding lookup or the norms)
 are stored as int8 with one float scale per output row, a quarter of the bytes to stream per token, and
-the logits move by the quantisation error (bounded in ``tests/test_cpu_kernels.py``). A draft can afford
+the logits move by the quantisation error (bounded on random models in ``tests/test_cpu_kernels.py`` and on SmolLM2 in
+``tests/test_real_models.py``). A draft can afford
 both: every token it proposes is verified by the target, so what the
 draft computes changes only how many proposals are accepted, never the output. The target keeps
 transformers' forward (or :mod:`tokentiming.backends.kv`'s static cache), so its output stays exact.

@@ -179,8 +179,10 @@ def load(spec: str, device: str = "auto", dtype="auto", trust_remote_code: bool 
          device_map=None, offload_folder: str | None = None):
     """Load ``(model, tokenizer)`` for a spec; CUDA and bf16 when available, else CPU and fp32.
 
-    On a CPU in fp32, ``cpu_kernels`` routes the linear layers' inference through :mod:`tokentiming.backends.cpu`
-    (decoding steps, verify passes and prompt prefill run faster there than on PyTorch's kernel).
+    On a CPU in fp32, ``cpu_kernels`` sends each linear layer's inference, by its row count, to whichever of
+    PyTorch's kernel and :mod:`tokentiming.backends.cpu`'s was measured faster on this machine (measured once per
+    machine and cached). ``dtype="bfloat16"`` on a CPU with native bf16 (AMX, AVX-512 bf16) keeps PyTorch's kernels
+    and halves the bytes per step.
     ``device_map`` ("auto", or a dict of module name -> device, "cpu" or "disk") loads a model too big for one
     device split across the GPUs present, the CPU, and disk as the last resort (``offload_folder``); the decoder
     runs it on eager caches."""
