@@ -10,23 +10,24 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from tokentiming import TokenTimingDecoder, autoregressive
-from tokentiming.backends.cpu import ROWS, accelerate, small_linear
+from tokentiming.backends.cpu import KERNELS, ROWS, accelerate, small_linear
 from tokentiming.backends.kv import DynamicKV
 from tokentiming.backends.lean import LeanKV, lean_kv, unsupported
 
 
+@pytest.mark.parametrize("kernel", ["numba-2", "numba-4"])
 @pytest.mark.parametrize("rows", [1, 2, 3, 7, 16, ROWS + 3])
 @pytest.mark.parametrize("outputs", [1, 5, 8, 131])
-def test_small_linear_matches_torch(rows, outputs):
+def test_small_linear_matches_torch(rows, outputs, kernel):
     generator = torch.Generator().manual_seed(rows * 1000 + outputs)
     x = torch.randn(rows, 67, generator=generator)
     weight, bias = torch.randn(outputs, 67, generator=generator), torch.randn(outputs, generator=generator)
     with torch.inference_mode():
-        torch.testing.assert_close(small_linear(x, weight, bias), torch.nn.functional.linear(x, weight, bias),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(small_linear(x, weight, bias, KERNELS[kernel]),
+                                   torch.nn.functional.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
         batched = x[: rows // 2 * 2].view(2, -1, 67).transpose(0, 1)  # non-contiguous, 3-D
-        torch.testing.assert_close(small_linear(batched, weight), torch.nn.functional.linear(batched, weight),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(small_linear(batched, weight, None, KERNELS[kernel]),
+                                   torch.nn.functional.linear(batched, weight), rtol=1e-5, atol=1e-5)
 
 
 def test_accelerated_linears_keep_training_and_other_dtypes_on_torch():
@@ -152,28 +153,31 @@ def test_lean_draft_keeps_the_target_output(tiny_target, tiny_draft, monkeypatch
 
 
 # -- choosing the kernel per machine, by measurement --------------------------------------------------------
-def _fake_measurement(kernel_buckets):
+def _fake_measurement(choice_by_bucket):
+    """A measurement whose choice is ``choice_by_bucket[bucket]`` ("torch" where not given)."""
     from tokentiming.backends.cpu import BUCKETS
 
-    return lambda weights: {"buckets": list(BUCKETS), "torch_ms": [1.0] * len(BUCKETS),
-                            "kernel_ms": [1.0] * len(BUCKETS), "kernel": [b in kernel_buckets for b in BUCKETS]}
+    return lambda weights: {"buckets": list(BUCKETS), "ms": {},
+                            "choice": [choice_by_bucket.get(b, "torch") for b in BUCKETS]}
 
 
 def test_each_row_count_runs_on_the_kernel_measured_faster_for_it_not_on_one_kernel_for_all(tmp_path, monkeypatch):
     from tokentiming.backends import cpu
 
     monkeypatch.setenv("TOKENTIMING_HOME", str(tmp_path))
-    monkeypatch.setattr(cpu, "measure", _fake_measurement({4, 8}))  # the kernel wins for 3-8 rows only
+    # numba-2 wins for 3-4 rows, numba-4 for 5-8, PyTorch elsewhere
+    monkeypatch.setattr(cpu, "measure", _fake_measurement({4: "numba-2", 8: "numba-4"}))
     model = accelerate(torch.nn.Sequential(torch.nn.Linear(16, 8)))
-    kernel_rows = []
+    calls = []
     original = cpu.small_linear
-    monkeypatch.setattr(cpu, "small_linear", lambda x, w, b=None: kernel_rows.append(x.numel() // 16) or original(x, w, b))
+    monkeypatch.setattr(cpu, "small_linear", lambda x, w, b, kernel: calls.append(
+        (x.numel() // 16, kernel)) or original(x, w, b, kernel))
     with torch.inference_mode():
         for rows in (1, 2, 3, 6, 8, 9, 300):
             x = torch.randn(rows, 16)
             torch.testing.assert_close(model(x), torch.nn.functional.linear(x, model[0].weight, model[0].bias))
-    assert kernel_rows == [3, 6, 8]
-    assert cpu.describe(model) == "PyTorch 1-2 rows, kernel 3-8 rows, PyTorch 9+ rows"
+    assert calls == [(3, cpu.rows_times_weight), (6, cpu.rows_times_weight_4), (8, cpu.rows_times_weight_4)]
+    assert cpu.describe(model) == "PyTorch 1-2 rows, numba-2 3-4 rows, numba-4 5-8 rows, PyTorch 9+ rows"
 
 
 def test_measurement_is_cached_per_machine_and_thread_count_instead_of_repeated_at_every_load(tmp_path, monkeypatch):
@@ -181,7 +185,7 @@ def test_measurement_is_cached_per_machine_and_thread_count_instead_of_repeated_
 
     monkeypatch.setenv("TOKENTIMING_HOME", str(tmp_path))
     measured = []
-    fake = _fake_measurement({1})
+    fake = _fake_measurement({1: "numba-2"})
     monkeypatch.setattr(cpu, "measure", lambda weights: measured.append(tuple(weights[0].shape)) or fake(weights))
     make = lambda: torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 16), torch.nn.Linear(16, 8))
     accelerate(make())
@@ -197,14 +201,16 @@ def test_measurement_is_cached_per_machine_and_thread_count_instead_of_repeated_
     assert len(measured) == 4, "another thread count reused a measurement made for a different one"
 
 
-def test_real_measurement_times_both_kernels_and_picks_the_faster():
-    from tokentiming.backends.cpu import BUCKETS, MARGIN, measure
+def test_real_measurement_times_every_kernel_and_picks_the_fastest():
+    from tokentiming.backends.cpu import BUCKETS, KERNELS, MARGIN, measure
 
     result = measure([torch.randn(64, 32) for _ in range(2)])
-    for torch_ms, kernel_ms, kernel in zip(result["torch_ms"], result["kernel_ms"], result["kernel"]):
-        if torch_ms is not None:
-            assert torch_ms > 0 and kernel_ms > 0
-            assert kernel == (kernel_ms < MARGIN * torch_ms)
-        else:
-            assert not kernel
-    assert len(result["kernel"]) == len(BUCKETS)
+    assert set(result["ms"]) == {"torch", *KERNELS}
+    for index, choice in enumerate(result["choice"]):
+        times = {name: result["ms"][name][index] for name in result["ms"]}
+        if times["torch"] is None:
+            assert choice == "torch"
+            continue
+        fastest = min(KERNELS, key=times.get)
+        assert choice == (fastest if times[fastest] < MARGIN * times["torch"] else "torch"), (times, choice)
+    assert len(result["choice"]) == len(BUCKETS)

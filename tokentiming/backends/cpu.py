@@ -9,10 +9,11 @@ numba-compiled for the machine it runs on, took 1.7 times as long for 6 rows as 
 with AVX-512 the picture differs: PyTorch is ~10 % faster for 1–2 rows and 2x faster for a 256-token
 prompt, the kernel 1.4–1.8x faster for 4–16 rows (a verify pass).
 
-So nothing is assumed: :func:`accelerate` measures both kernels on the model's own weight shapes at the
-row counts decoding uses (:data:`BUCKETS`), once per machine, thread count and library versions (the
-result is cached in ``<home>/kernels.json``), and routes each call of each ``nn.Linear`` by its row count
-to the faster one. Training, other dtypes and other devices keep PyTorch's own kernel.
+So nothing is assumed: :func:`accelerate` measures PyTorch and two variants of the kernel (:data:`KERNELS`:
+input rows taken two or four at a time; the second needs the registers of AVX-512) on the model's own weight
+shapes at the row counts decoding uses (:data:`BUCKETS`), once per machine, thread count and library
+versions (the result is cached in ``<home>/kernels.json``), and routes each call of each ``nn.Linear`` by
+its row count to the fastest. Training, other dtypes and other devices keep PyTorch's own kernel.
 ``python -m tokentiming.backends.cpu`` prints the measurement for typical shapes.
 """
 
@@ -95,8 +96,74 @@ def rows_times_weight(x, w, out):  # pragma: no cover - compiled
             out[m, o], out[m, o + 1], out[m, o + 2], out[m, o + 3] = a0, a1, a2, a3
 
 
-def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for a CPU float32 ``x`` (no autograd), in chunks of :data:`ROWS` rows."""
+@njit(parallel=True, fastmath=True, cache=True)
+def rows_times_weight_4(x, w, out):  # pragma: no cover - compiled
+    """:func:`rows_times_weight` taking input rows four at a time (16 accumulators): each weight value
+    loaded serves four rows. Faster where the CPU has registers for it (AVX-512 has 32), slower where it
+    spills (AVX2 has 16); :func:`measure` decides."""
+    rows, width = x.shape
+    outputs = w.shape[0]
+    for block in prange((outputs + 3) // 4):
+        o = 4 * block
+        if o + 4 > outputs:
+            for oo in range(o, outputs):
+                for m in range(rows):
+                    acc = np.float32(0.0)
+                    for i in range(width):
+                        acc += x[m, i] * np.float32(w[oo, i])
+                    out[m, oo] = acc
+            continue
+        w0, w1, w2, w3 = w[o], w[o + 1], w[o + 2], w[o + 3]
+        m = 0
+        while m + 3 < rows:
+            x0, x1, x2, x3 = x[m], x[m + 1], x[m + 2], x[m + 3]
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+            c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = np.float32(0.0)
+            for i in range(width):
+                p0, p1, p2, p3 = np.float32(w0[i]), np.float32(w1[i]), np.float32(w2[i]), np.float32(w3[i])
+                u, v, s, t = x0[i], x1[i], x2[i], x3[i]
+                a0 += u * p0
+                a1 += u * p1
+                a2 += u * p2
+                a3 += u * p3
+                b0 += v * p0
+                b1 += v * p1
+                b2 += v * p2
+                b3 += v * p3
+                c0 += s * p0
+                c1 += s * p1
+                c2 += s * p2
+                c3 += s * p3
+                d0 += t * p0
+                d1 += t * p1
+                d2 += t * p2
+                d3 += t * p3
+            out[m, o], out[m, o + 1], out[m, o + 2], out[m, o + 3] = a0, a1, a2, a3
+            out[m + 1, o], out[m + 1, o + 1], out[m + 1, o + 2], out[m + 1, o + 3] = b0, b1, b2, b3
+            out[m + 2, o], out[m + 2, o + 1], out[m + 2, o + 2], out[m + 2, o + 3] = c0, c1, c2, c3
+            out[m + 3, o], out[m + 3, o + 1], out[m + 3, o + 2], out[m + 3, o + 3] = d0, d1, d2, d3
+            m += 4
+        while m < rows:
+            x0 = x[m]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for i in range(width):
+                u = x0[i]
+                a0 += u * np.float32(w0[i])
+                a1 += u * np.float32(w1[i])
+                a2 += u * np.float32(w2[i])
+                a3 += u * np.float32(w3[i])
+            out[m, o], out[m, o + 1], out[m, o + 2], out[m, o + 3] = a0, a1, a2, a3
+            m += 1
+
+
+#: The candidates :func:`measure` times against PyTorch's kernel, by the name reports use.
+KERNELS = {"numba-2": rows_times_weight, "numba-4": rows_times_weight_4}
+
+
+def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 kernel=rows_times_weight) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for a CPU float32 ``x`` (no autograd), in chunks of :data:`ROWS` rows, on
+    one of :data:`KERNELS`."""
     flat = x.reshape(-1, x.shape[-1])
     if not flat.is_contiguous():
         flat = flat.contiguous()
@@ -104,7 +171,7 @@ def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     match_torch_threads()
     w, xs, outs = weight.detach().numpy(), flat.numpy(), out.numpy()
     for start in range(0, flat.shape[0], ROWS):
-        rows_times_weight(xs[start:start + ROWS], w, outs[start:start + ROWS])
+        kernel(xs[start:start + ROWS], w, outs[start:start + ROWS])
     if bias is not None:
         out += bias
     return out.view(*x.shape[:-1], weight.shape[0])
@@ -125,8 +192,9 @@ def _forward(self, x: torch.Tensor) -> torch.Tensor:
     if (x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled() and x.numel()
             and self.weight.dtype == torch.float32 and self.weight.is_contiguous()):
         rows = x.numel() // x.shape[-1]
-        if self.kernel_rows[_BUCKET_OF[rows] if rows < len(_BUCKET_OF) else -1]:
-            return small_linear(x, self.weight, self.bias)
+        kernel = self.kernel_for[_BUCKET_OF[rows] if rows < len(_BUCKET_OF) else -1]
+        if kernel is not None:
+            return small_linear(x, self.weight, self.bias, kernel)
     return torch.nn.functional.linear(x, self.weight, self.bias)
 
 
@@ -141,29 +209,34 @@ def _best_ms(fn, repeats: int) -> float:
 
 
 def measure(weights: list[torch.Tensor]) -> dict:
-    """Time PyTorch and the kernel on ``weights`` (same shape; several, so they stream from memory as in a
-    forward pass) at each of :data:`BUCKETS` rows. Past 32 rows, once PyTorch wins a bucket it is taken to
-    win the larger ones too (a BLAS only gains on a streaming kernel as rows grow), which keeps the
-    measurement of a big output head short."""
+    """Time PyTorch and each of :data:`KERNELS` on ``weights`` (same shape; several, so they stream from memory
+    as in a forward pass) at each of :data:`BUCKETS` rows, and choose per bucket: the fastest kernel if it
+    beats PyTorch by :data:`MARGIN`, else PyTorch. Past 32 rows, once PyTorch wins a bucket it is taken to win
+    the larger ones too (a BLAS only gains on a streaming kernel as rows grow), which keeps the measurement
+    of a big output head short."""
     width = weights[0].shape[1]
-    torch_ms, kernel_ms, kernel_rows = [], [], []
+    ms = {name: [] for name in ("torch", *KERNELS)}
+    choice = []
     with torch.inference_mode():
         for rows in BUCKETS:
-            if rows > 32 and not kernel_rows[-1]:
-                torch_ms.append(None), kernel_ms.append(None), kernel_rows.append(False)
+            if rows > 32 and choice[-1] == "torch":
+                for times in ms.values():
+                    times.append(None)
+                choice.append("torch")
                 continue
             x = torch.randn(rows, width)
             repeats = 3 if rows <= 16 else 2
-            theirs = _best_ms(lambda: [torch.nn.functional.linear(x, w) for w in weights], repeats)
-            ours = _best_ms(lambda: [small_linear(x, w) for w in weights], repeats)
-            torch_ms.append(round(theirs, 3)), kernel_ms.append(round(ours, 3))
-            kernel_rows.append(ours < MARGIN * theirs)
-    return {"buckets": list(BUCKETS), "torch_ms": torch_ms, "kernel_ms": kernel_ms, "kernel": kernel_rows}
+            ms["torch"].append(round(_best_ms(lambda: [torch.nn.functional.linear(x, w) for w in weights], repeats), 3))
+            for name, kernel in KERNELS.items():
+                ms[name].append(round(_best_ms(lambda: [small_linear(x, w, None, kernel) for w in weights], repeats), 3))
+            fastest = min(KERNELS, key=lambda name: ms[name][-1])
+            choice.append(fastest if ms[fastest][-1] < MARGIN * ms["torch"][-1] else "torch")
+    return {"buckets": list(BUCKETS), "ms": ms, "choice": choice}
 
 
 def _machine_key() -> str:
     return (f"{cpu_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}|"
-            f"numba={numba.__version__}")
+            f"numba={numba.__version__}|kernels={','.join(KERNELS)}")
 
 
 def _choices_path():
@@ -209,9 +282,9 @@ def choose(model: torch.nn.Module) -> dict[tuple[int, int], dict]:
 
 
 def accelerate(model: torch.nn.Module, route: str = "measured") -> torch.nn.Module:
-    """Route the model's ``nn.Linear`` layers, in CPU float32 inference, to the faster of :func:`small_linear`
-    and PyTorch's kernel for each row count (``route="measured"``, see :func:`choose`), or always to the
-    kernel (``route="kernel"``).
+    """Route the model's ``nn.Linear`` layers, in CPU float32 inference, to the fastest of PyTorch's kernel and
+    :data:`KERNELS` for each row count (``route="measured"``, see :func:`choose`), or always to
+    :func:`rows_times_weight` (``route="kernel"``).
 
     Returns the model (changed in place). Outputs differ from PyTorch's kernel only by float rounding
     (summation order), as between any two BLAS libraries.
@@ -222,44 +295,49 @@ def accelerate(model: torch.nn.Module, route: str = "measured") -> torch.nn.Modu
     for module in model.modules():
         if type(module) is torch.nn.Linear:
             choice = choices.get(tuple(module.weight.shape))
-            module.kernel_rows = tuple(choice["kernel"]) if choice else (True,) * len(BUCKETS)
+            names = choice["choice"] if choice else ["numba-2"] * len(BUCKETS)
+            module.kernel_for = tuple(KERNELS.get(name) for name in names)
             module.forward = types.MethodType(_forward, module)
     return model
 
 
 def describe(model: torch.nn.Module) -> str:
     """Which kernel the model's linear layers use at each row count, for reports: the routing of the
-    shape holding most of the weights, e.g. ``"PyTorch 1-2 rows, kernel 4-16, PyTorch 32+"``."""
+    shape holding most of the weights, e.g. ``"PyTorch 1-2 rows, numba-4 3-16 rows, PyTorch 17+ rows"``."""
     sizes = defaultdict(int)
     routes = {}
+    names = {kernel: name for name, kernel in KERNELS.items()}
     for module in model.modules():
-        if type(module) is torch.nn.Linear and hasattr(module, "kernel_rows"):
+        if type(module) is torch.nn.Linear and hasattr(module, "kernel_for"):
             shape = tuple(module.weight.shape)
             sizes[shape] += module.weight.numel()
-            routes[shape] = module.kernel_rows
+            routes[shape] = [names.get(kernel, "PyTorch") for kernel in module.kernel_for]
     if not sizes:
         return "PyTorch"
-    kernel_rows = routes[max(sizes, key=sizes.get)]
+    route = routes[max(sizes, key=sizes.get)]
     parts, start = [], 0
     for index in range(1, len(BUCKETS) + 1):
-        if index == len(BUCKETS) or kernel_rows[index] != kernel_rows[start]:
+        if index == len(BUCKETS) or route[index] != route[start]:
             low = BUCKETS[start - 1] + 1 if start else 1
             span = f"{low}+" if index == len(BUCKETS) else (f"{low}" if low == BUCKETS[index - 1]
                                                                else f"{low}-{BUCKETS[index - 1]}")
-            parts.append(f"{'kernel' if kernel_rows[start] else 'PyTorch'} {span} rows")
+            parts.append(f"{route[start]} {span} rows")
             start = index
     return ", ".join(parts)
 
 
 def _print_measurement(in_features: int = 1536, out_features: int = 8960, layers: int = 8) -> None:
-    """Print both kernels' times for ``layers`` weights of one shape (more than the caches hold)."""
+    """Print every kernel's times for ``layers`` weights of one shape (more than the caches hold)."""
     weights = [torch.randn(out_features, in_features) * 0.02 for _ in range(layers)]
     result = measure(weights)
+    names = list(result["ms"])
     print(f"{layers} weights of {out_features}x{in_features}, {torch.get_num_threads()} threads, {cpu_name()}")
-    print("rows | torch ms | kernel ms | chosen")
-    for rows, theirs, ours, kernel in zip(BUCKETS, result["torch_ms"], result["kernel_ms"], result["kernel"]):
-        cells = "    (not timed: PyTorch won below)" if theirs is None else f"{theirs:8.1f} | {ours:9.1f}"
-        print(f"{rows:4d} | {cells} | {'kernel' if kernel else 'PyTorch'}")
+    print("rows | " + " | ".join(f"{name} ms" for name in names) + " | chosen")
+    for index, rows in enumerate(BUCKETS):
+        times = [result["ms"][name][index] for name in names]
+        cells = ("(not timed: PyTorch won below)" if times[0] is None
+                 else " | ".join(f"{t:{len(name) + 3}.1f}" for t, name in zip(times, names)))
+        print(f"{rows:4d} | {cells} | {result['choice'][index]}")
 
 
 if __name__ == "__main__":
