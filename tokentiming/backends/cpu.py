@@ -44,7 +44,103 @@ STREAM_BYTES = 256 << 20
 _BUCKET_OF = [bisect_left(BUCKETS, rows) for rows in range(BUCKETS[-1] + 1)]
 
 
+# The kernels below share these steps; each fills out[m:m + r, o:o + 4] for r input rows at a time, widening
+# the weights to float32 as they arrive (so int8 weights stream a quarter of the bytes).
+@njit(fastmath=True, cache=True, inline="always")
+def _last_block(x, w, out, o):  # pragma: no cover - compiled
+    """The last, partial block of fewer than 4 weight rows: one weight row at a time."""
+    for oo in range(o, w.shape[0]):
+        for m in range(x.shape[0]):
+            acc = np.float32(0.0)
+            for i in range(x.shape[1]):
+                acc += x[m, i] * np.float32(w[oo, i])
+            out[m, oo] = acc
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _one_row(x, w, out, m, o):  # pragma: no cover - compiled
+    x0, w0, w1, w2, w3 = x[m], w[o], w[o + 1], w[o + 2], w[o + 3]
+    a0 = a1 = a2 = a3 = np.float32(0.0)
+    for i in range(x.shape[1]):
+        u = x0[i]
+        a0 += u * np.float32(w0[i])
+        a1 += u * np.float32(w1[i])
+        a2 += u * np.float32(w2[i])
+        a3 += u * np.float32(w3[i])
+    out[m, o], out[m, o + 1], out[m, o + 2], out[m, o + 3] = a0, a1, a2, a3
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _two_rows(x, w, out, m, o):  # pragma: no cover - compiled
+    x0, x1, w0, w1, w2, w3 = x[m], x[m + 1], w[o], w[o + 1], w[o + 2], w[o + 3]
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+    for i in range(x.shape[1]):
+        u, v = x0[i], x1[i]
+        c0, c1, c2, c3 = np.float32(w0[i]), np.float32(w1[i]), np.float32(w2[i]), np.float32(w3[i])
+        a0 += u * c0
+        a1 += u * c1
+        a2 += u * c2
+        a3 += u * c3
+        b0 += v * c0
+        b1 += v * c1
+        b2 += v * c2
+        b3 += v * c3
+    out[m, o], out[m, o + 1], out[m, o + 2], out[m, o + 3] = a0, a1, a2, a3
+    out[m + 1, o], out[m + 1, o + 1], out[m + 1, o + 2], out[m + 1, o + 3] = b0, b1, b2, b3
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _four_rows(x, w, out, m, o):  # pragma: no cover - compiled
+    x0, x1, x2, x3 = x[m], x[m + 1], x[m + 2], x[m + 3]
+    w0, w1, w2, w3 = w[o], w[o + 1], w[o + 2], w[o + 3]
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+    c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = np.float32(0.0)
+    for i in range(x.shape[1]):
+        p0, p1, p2, p3 = np.float32(w0[i]), np.float32(w1[i]), np.float32(w2[i]), np.float32(w3[i])
+        u, v, s, t = x0[i], x1[i], x2[i], x3[i]
+        a0 += u * p0
+        a1 += u * p1
+        a2 += u * p2
+        a3 += u * p3
+        b0 += v * p0
+        b1 += v * p1
+        b2 += v * p2
+        b3 += v * p3
+        c0 += s * p0
+        c1 += s * p1
+        c2 += s * p2
+        c3 += s * p3
+        d0 += t * p0
+        d1 += t * p1
+        d2 += t * p2
+        d3 += t * p3
+    out[m, o], out[m, o + 1], out[m, o + 2], out[m, o + 3] = a0, a1, a2, a3
+    out[m + 1, o], out[m + 1, o + 1], out[m + 1, o + 2], out[m + 1, o + 3] = b0, b1, b2, b3
+    out[m + 2, o], out[m + 2, o + 1], out[m + 2, o + 2], out[m + 2, o + 3] = c0, c1, c2, c3
+    out[m + 3, o], out[m + 3, o + 1], out[m + 3, o + 2], out[m + 3, o + 3] = d0, d1, d2, d3
+
+
 @njit(parallel=True, fastmath=True, cache=True)
+def _blocks(x, w, out, fours):  # pragma: no cover - compiled
+    """Each thread takes 4 weight rows at a time and the input rows four (``fours``) or two at a time."""
+    rows, outputs = x.shape[0], w.shape[0]
+    for block in prange((outputs + 3) // 4):
+        o = 4 * block
+        if o + 4 > outputs:
+            _last_block(x, w, out, o)
+            continue
+        m = 0
+        while fours and m + 3 < rows:
+            _four_rows(x, w, out, m, o)
+            m += 4
+        while m + 1 < rows:
+            _two_rows(x, w, out, m, o)
+            m += 2
+        if m < rows:
+            _one_row(x, w, out, m, o)
+
+
+@njit(fastmath=True, cache=True)
 def rows_times_weight(x, w, out):  # pragma: no cover - compiled
     """out[m, o] = x[m] . w[o], for every row m of x (M x I) and row o of w (O x I).
 
@@ -53,107 +149,15 @@ def rows_times_weight(x, w, out):  # pragma: no cover - compiled
     each): int8 weights are widened to float32 as they arrive, a quarter of the bytes to stream (their
     per-row scales are the caller's to apply).
     """
-    rows, width = x.shape
-    outputs = w.shape[0]
-    for block in prange((outputs + 3) // 4):
-        o = 4 * block
-        if o + 4 > outputs:  # the last, partial block: one weight row at a time
-            for oo in range(o, outputs):
-                for m in range(rows):
-                    acc = np.float32(0.0)
-                    for i in range(width):
-                        acc += x[m, i] * np.float32(w[oo, i])
-                    out[m, oo] = acc
-            continue
-        w0, w1, w2, w3 = w[o], w[o + 1], w[o + 2], w[o + 3]
-        m = 0
-        while m + 1 < rows:
-            x0, x1 = x[m], x[m + 1]
-            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
-            for i in range(width):
-                u, v = x0[i], x1[i]
-                c0, c1, c2, c3 = np.float32(w0[i]), np.float32(w1[i]), np.float32(w2[i]), np.float32(w3[i])
-                a0 += u * c0
-                a1 += u * c1
-                a2 += u * c2
-                a3 += u * c3
-                b0 += v * c0
-                b1 += v * c1
-                b2 += v * c2
-                b3 += v * c3
-            out[m, o], out[m, o + 1], out[m, o + 2], out[m, o + 3] = a0, a1, a2, a3
-            out[m + 1, o], out[m + 1, o + 1], out[m + 1, o + 2], out[m + 1, o + 3] = b0, b1, b2, b3
-            m += 2
-        if m < rows:
-            x0 = x[m]
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for i in range(width):
-                u = x0[i]
-                a0 += u * np.float32(w0[i])
-                a1 += u * np.float32(w1[i])
-                a2 += u * np.float32(w2[i])
-                a3 += u * np.float32(w3[i])
-            out[m, o], out[m, o + 1], out[m, o + 2], out[m, o + 3] = a0, a1, a2, a3
+    _blocks(x, w, out, False)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def rows_times_weight_4(x, w, out):  # pragma: no cover - compiled
     """:func:`rows_times_weight` taking input rows four at a time (16 accumulators): each weight value
     loaded serves four rows. Faster where the CPU has registers for it (AVX-512 has 32), slower where it
     spills (AVX2 has 16); :func:`measure` decides."""
-    rows, width = x.shape
-    outputs = w.shape[0]
-    for block in prange((outputs + 3) // 4):
-        o = 4 * block
-        if o + 4 > outputs:
-            for oo in range(o, outputs):
-                for m in range(rows):
-                    acc = np.float32(0.0)
-                    for i in range(width):
-                        acc += x[m, i] * np.float32(w[oo, i])
-                    out[m, oo] = acc
-            continue
-        w0, w1, w2, w3 = w[o], w[o + 1], w[o + 2], w[o + 3]
-        m = 0
-        while m + 3 < rows:
-            x0, x1, x2, x3 = x[m], x[m + 1], x[m + 2], x[m + 3]
-            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
-            c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = np.float32(0.0)
-            for i in range(width):
-                p0, p1, p2, p3 = np.float32(w0[i]), np.float32(w1[i]), np.float32(w2[i]), np.float32(w3[i])
-                u, v, s, t = x0[i], x1[i], x2[i], x3[i]
-                a0 += u * p0
-                a1 += u * p1
-                a2 += u * p2
-                a3 += u * p3
-                b0 += v * p0
-                b1 += v * p1
-                b2 += v * p2
-                b3 += v * p3
-                c0 += s * p0
-                c1 += s * p1
-                c2 += s * p2
-                c3 += s * p3
-                d0 += t * p0
-                d1 += t * p1
-                d2 += t * p2
-                d3 += t * p3
-            out[m, o], out[m, o + 1], out[m, o + 2], out[m, o + 3] = a0, a1, a2, a3
-            out[m + 1, o], out[m + 1, o + 1], out[m + 1, o + 2], out[m + 1, o + 3] = b0, b1, b2, b3
-            out[m + 2, o], out[m + 2, o + 1], out[m + 2, o + 2], out[m + 2, o + 3] = c0, c1, c2, c3
-            out[m + 3, o], out[m + 3, o + 1], out[m + 3, o + 2], out[m + 3, o + 3] = d0, d1, d2, d3
-            m += 4
-        while m < rows:
-            x0 = x[m]
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for i in range(width):
-                u = x0[i]
-                a0 += u * np.float32(w0[i])
-                a1 += u * np.float32(w1[i])
-                a2 += u * np.float32(w2[i])
-                a3 += u * np.float32(w3[i])
-            out[m, o], out[m, o + 1], out[m, o + 2], out[m, o + 3] = a0, a1, a2, a3
-            m += 1
+    _blocks(x, w, out, True)
 
 
 #: The candidates :func:`measure` times against PyTorch's kernel, by the name reports use.
