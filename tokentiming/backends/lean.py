@@ -11,10 +11,10 @@ forward and its keys and values are copied into the cache.
 It is for drafts only. Its logits equal transformers' up to float rounding (summation order), not bit
 for bit; with ``int8=True`` the weights of every matrix product (not the embedding lookup or the norms)
 are stored as int8 with one float scale per output row, a quarter of the bytes to stream per token, and
-the logits move by the quantisation error (bounded on random models in ``tests/test_cpu_kernels.py`` and on SmolLM2 in
-``tests/test_real_models.py``). A draft can afford
-both: every token it proposes is verified by the target, so what the
-draft computes changes only how many proposals are accepted, never the output. The target keeps
+the logits move by the quantisation error (bounded on random models in ``tests/test_cpu_kernels.py``
+and on SmolLM2 in ``tests/test_real_models.py``). A draft can afford both: every token it proposes is
+verified by the target, so what the draft computes changes only how many proposals are accepted, never
+the output. The target keeps
 transformers' forward (or :mod:`tokentiming.backends.kv`'s static cache), so its output stays exact.
 
 Supported: Llama, Qwen2 and Mistral checkpoints with SiLU MLPs, full attention, optional q/k/v biases and
