@@ -15,19 +15,30 @@ from tokentiming.backends.kv import DynamicKV
 from tokentiming.backends.lean import LeanKV, lean_kv, unsupported
 
 
-@pytest.mark.parametrize("kernel", ["numba-2", "numba-4"])
-@pytest.mark.parametrize("rows", [1, 2, 3, 7, 16, ROWS + 3])
+@pytest.mark.parametrize("kernel", ["numba-2", "numba-4", "prefetch-4"])
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 9, 16, ROWS + 3])
 @pytest.mark.parametrize("outputs", [1, 5, 8, 131])
-def test_small_linear_matches_torch(rows, outputs, kernel):
+@pytest.mark.parametrize("width", [67, 64], ids=["width-with-a-partial-vector", "width-of-whole-vectors"])
+def test_small_linear_matches_torch(rows, outputs, width, kernel):
     generator = torch.Generator().manual_seed(rows * 1000 + outputs)
-    x = torch.randn(rows, 67, generator=generator)
-    weight, bias = torch.randn(outputs, 67, generator=generator), torch.randn(outputs, generator=generator)
+    x = torch.randn(rows, width, generator=generator)
+    weight, bias = torch.randn(outputs, width, generator=generator), torch.randn(outputs, generator=generator)
     with torch.inference_mode():
         torch.testing.assert_close(small_linear(x, weight, bias, KERNELS[kernel]),
                                    torch.nn.functional.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
-        batched = x[: rows // 2 * 2].view(2, -1, 67).transpose(0, 1)  # non-contiguous, 3-D
+        batched = x[: rows // 2 * 2].view(2, -1, width).transpose(0, 1)  # non-contiguous, 3-D
         torch.testing.assert_close(small_linear(batched, weight, None, KERNELS[kernel]),
                                    torch.nn.functional.linear(batched, weight), rtol=1e-5, atol=1e-5)
+
+
+def test_prefetching_kernel_refuses_int8_weights_instead_of_reading_their_bytes_as_floats():
+    from numba.core.errors import TypingError
+
+    from tokentiming.backends.cpu import rows_times_weight_prefetch
+
+    x, out = np.ones((2, 16), np.float32), np.zeros((2, 8), np.float32)
+    with pytest.raises(TypingError):
+        rows_times_weight_prefetch(x, np.ones((8, 16), np.int8), out)
 
 
 def test_accelerated_linears_keep_training_and_other_dtypes_on_torch():
