@@ -225,3 +225,20 @@ def test_real_measurement_times_every_kernel_and_picks_the_fastest():
         fastest = min(KERNELS, key=times.get)
         assert choice == (fastest if times[fastest] < MARGIN * times["torch"] else "torch"), (times, choice)
     assert len(result["choice"]) == len(BUCKETS)
+
+
+def test_a_kernel_that_cannot_run_on_this_machine_is_left_out_instead_of_failing_the_load(tmp_path, monkeypatch):
+    from tokentiming.backends import cpu
+
+    def broken(x, w, out):
+        raise RuntimeError("LLVM ERROR: cannot select intrinsic\nmore detail")
+
+    monkeypatch.setenv("TOKENTIMING_HOME", str(tmp_path))
+    monkeypatch.setitem(cpu.KERNELS, "broken", broken)
+    result = cpu.measure([torch.randn(64, 32) for _ in range(2)])
+    assert result["failed"] == {"broken": "RuntimeError: LLVM ERROR: cannot select intrinsic"}
+    assert all(t is None for t in result["ms"]["broken"]) and "broken" not in result["choice"]
+    model = accelerate(torch.nn.Sequential(torch.nn.Linear(32, 64)))  # loads, routed among the others
+    with torch.inference_mode():
+        x = torch.randn(5, 32)
+        torch.testing.assert_close(model(x), torch.nn.functional.linear(x, model[0].weight, model[0].bias))

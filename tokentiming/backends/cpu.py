@@ -377,9 +377,11 @@ def measure(weights: list[torch.Tensor]) -> dict:
     as in a forward pass) at each of :data:`BUCKETS` rows, and choose per bucket: the fastest kernel if it
     beats PyTorch by :data:`MARGIN`, else PyTorch. Past 32 rows, once PyTorch wins a bucket it is taken to win
     the larger ones too (a BLAS only gains on a streaming kernel as rows grow), which keeps the measurement
-    of a big output head short."""
+    of a big output head short. A kernel that fails to compile or run on this machine is left out (its
+    times are None, and ``"failed"`` says why) instead of failing the model's load."""
     width = weights[0].shape[1]
     ms = {name: [] for name in ("torch", *KERNELS)}
+    failed = {}
     choice = []
     with torch.inference_mode():
         for rows in BUCKETS:
@@ -392,10 +394,17 @@ def measure(weights: list[torch.Tensor]) -> dict:
             repeats = 3 if rows <= 16 else 2
             ms["torch"].append(round(_best_ms(lambda: [torch.nn.functional.linear(x, w) for w in weights], repeats), 3))
             for name, kernel in KERNELS.items():
-                ms[name].append(round(_best_ms(lambda: [small_linear(x, w, None, kernel) for w in weights], repeats), 3))
-            fastest = min(KERNELS, key=lambda name: ms[name][-1])
-            choice.append(fastest if ms[fastest][-1] < MARGIN * ms["torch"][-1] else "torch")
-    return {"buckets": list(BUCKETS), "ms": ms, "choice": choice}
+                time_ms = None
+                if name not in failed:
+                    try:
+                        time_ms = round(_best_ms(lambda: [small_linear(x, w, None, kernel) for w in weights], repeats), 3)
+                    except Exception as error:  # noqa: BLE001 - any failure rules the candidate out
+                        failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                ms[name].append(time_ms)
+            timed = [name for name in KERNELS if ms[name][-1] is not None]
+            fastest = min(timed, key=lambda name: ms[name][-1], default=None)
+            choice.append(fastest if fastest and ms[fastest][-1] < MARGIN * ms["torch"][-1] else "torch")
+    return {"buckets": list(BUCKETS), "ms": ms, "choice": choice, "failed": failed}
 
 
 def _machine_key() -> str:
@@ -500,8 +509,11 @@ def _print_measurement(in_features: int = 1536, out_features: int = 8960, layers
     for index, rows in enumerate(BUCKETS):
         times = [result["ms"][name][index] for name in names]
         cells = ("(not timed: PyTorch won below)" if times[0] is None
-                 else " | ".join(f"{t:{len(name) + 3}.1f}" for t, name in zip(times, names)))
+                 else " | ".join(f"{t:{len(name) + 3}.1f}" if t is not None else f"{'failed':>{len(name) + 3}}"
+                                 for t, name in zip(times, names)))
         print(f"{rows:4d} | {cells} | {result['choice'][index]}")
+    for name, why in result["failed"].items():
+        print(f"{name} left out: {why}")
 
 
 if __name__ == "__main__":
