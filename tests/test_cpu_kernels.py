@@ -18,7 +18,8 @@ from tokentiming.backends.lean import LeanKV, lean_kv, unsupported
 @pytest.mark.parametrize("kernel", ["numba-2", "numba-4", "prefetch-4"])
 @pytest.mark.parametrize("rows", [1, 2, 3, 7, 9, 16, ROWS + 3])
 @pytest.mark.parametrize("outputs", [1, 5, 8, 131])
-@pytest.mark.parametrize("width", [67, 64], ids=["width-with-a-partial-vector", "width-of-whole-vectors"])
+@pytest.mark.parametrize("width", [67, 64, 5], ids=["width-with-a-partial-vector", "width-of-whole-vectors",
+                                                   "width-under-one-vector"])
 def test_small_linear_matches_torch(rows, outputs, width, kernel):
     generator = torch.Generator().manual_seed(rows * 1000 + outputs)
     x = torch.randn(rows, width, generator=generator)
@@ -216,6 +217,7 @@ def test_real_measurement_times_every_kernel_and_picks_the_fastest():
     from tokentiming.backends.cpu import BUCKETS, KERNELS, MARGIN, measure
 
     result = measure([torch.randn(64, 32) for _ in range(2)])
+    assert result["failed"] == {}, "a kernel failed to run on this machine"
     assert set(result["ms"]) == {"torch", *KERNELS}
     for index, choice in enumerate(result["choice"]):
         times = {name: result["ms"][name][index] for name in result["ms"]}
@@ -228,17 +230,25 @@ def test_real_measurement_times_every_kernel_and_picks_the_fastest():
 
 
 def test_a_kernel_that_cannot_run_on_this_machine_is_left_out_instead_of_failing_the_load(tmp_path, monkeypatch):
+    from numba.core.errors import TypingError
+
     from tokentiming.backends import cpu
 
-    def broken(x, w, out):
-        raise RuntimeError("LLVM ERROR: cannot select intrinsic\nmore detail")
+    def broken(x, w, out):  # as numba reports a kernel it cannot type: the reason comes last
+        raise TypingError("Failed in nopython mode pipeline (step: nopython frontend)\n\nno vector registers here")
 
     monkeypatch.setenv("TOKENTIMING_HOME", str(tmp_path))
     monkeypatch.setitem(cpu.KERNELS, "broken", broken)
     result = cpu.measure([torch.randn(64, 32) for _ in range(2)])
-    assert result["failed"] == {"broken": "RuntimeError: LLVM ERROR: cannot select intrinsic"}
+    assert result["failed"] == {"broken": "TypingError: no vector registers here"}
     assert all(t is None for t in result["ms"]["broken"]) and "broken" not in result["choice"]
     model = accelerate(torch.nn.Sequential(torch.nn.Linear(32, 64)))  # loads, routed among the others
     with torch.inference_mode():
         x = torch.randn(5, 32)
         torch.testing.assert_close(model(x), torch.nn.functional.linear(x, model[0].weight, model[0].bias))
+    assert not (tmp_path / "kernels.json").exists(), "a measurement with a failed kernel was cached for good"
+
+
+def test_small_linear_refuses_an_input_of_the_wrong_width_instead_of_reading_past_the_weights():
+    with pytest.raises(ValueError, match="input width 12"):
+        small_linear(torch.randn(3, 12), torch.randn(8, 16))

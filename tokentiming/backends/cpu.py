@@ -14,10 +14,11 @@ is already in cache sends no requests to memory: a third variant written in expl
 next block while it computes (software prefetch), and made a 9-row forward pass of a 1.5B model 8 % faster.
 
 So nothing is assumed: :func:`accelerate` measures PyTorch and three variants of the kernel (:data:`KERNELS`:
-input rows taken two or four at a time, the second needing the registers of AVX-512, and the prefetching one)
-on the model's own weight shapes at the row counts decoding uses (:data:`BUCKETS`), once per machine, thread count and library
-versions (the result is cached in ``<home>/kernels.json``), and routes each call of each ``nn.Linear`` by
-its row count to the fastest. Training, other dtypes and other devices keep PyTorch's own kernel.
+input rows taken two or four at a time, the second faster where the CPU has registers for it, and the
+prefetching one) on the model's own weight shapes at the row counts decoding uses (:data:`BUCKETS`), once per
+machine, thread count and library versions (the result is cached in ``<home>/kernels.json``), and routes each
+call of each ``nn.Linear`` by its row count to the fastest. Training, other dtypes and other devices keep
+PyTorch's own kernel.
 ``python -m tokentiming.backends.cpu`` prints the measurement for typical shapes.
 """
 
@@ -37,6 +38,7 @@ from llvmlite import ir
 from numba import njit, prange
 from numba import types as nb_types
 from numba.core import cgutils
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from ..machine import cpu_name, home
@@ -52,8 +54,8 @@ STREAM_BYTES = 256 << 20
 _BUCKET_OF = [bisect_left(BUCKETS, rows) for rows in range(BUCKETS[-1] + 1)]
 
 
-# The kernels below share these steps; each fills out[m:m + r, o:o + 4] for r input rows at a time, widening
-# the weights to float32 as they arrive (so int8 weights stream a quarter of the bytes).
+# The two numba kernels below share these steps; each fills out[m:m + r, o:o + 4] for r input rows at a time,
+# widening the weights to float32 as they arrive (so int8 weights stream a quarter of the bytes).
 @njit(fastmath=True, cache=True, inline="always")
 def _last_block(x, w, out, o):  # pragma: no cover - compiled
     """The last, partial block of fewer than 4 weight rows: one weight row at a time."""
@@ -172,9 +174,11 @@ def rows_times_weight_4(x, w, out):  # pragma: no cover - compiled
 # With many input rows a weight block costs more arithmetic than streaming it from memory takes, and the
 # passes over a block that is already in cache issue no memory requests at all: measured on the Xeon, a
 # 9-row product took as long as a 1-row product plus the whole of the arithmetic, with no overlap. This
-# variant asks for the next block (software prefetch, into L2) while computing on the current one. numba
-# cannot vectorise a loop holding a prefetch, so each pass is written out directly in LLVM IR with 8-lane
-# vectors (which LLVM lowers to AVX2, AVX-512 or NEON) and spliced into the numba driver as an intrinsic.
+# variant asks for the next block (software prefetch, into L2) while computing on the current one. numba has
+# no prefetch, and a loop calling LLVM's (through an intrinsic) is no longer vectorised, so each pass is
+# written out directly in LLVM IR with 256-bit vectors of 8 floats (ymm registers on AVX2 and AVX-512, two
+# registers on NEON) and spliced into the numba driver as an intrinsic.
+#: Floats per vector in the prefetching kernel.
 LANES = 8
 _F32, _I64, _I32, _BYTE = ir.FloatType(), ir.IntType(64), ir.IntType(32), ir.IntType(8)
 _VEC = ir.VectorType(_F32, LANES)
@@ -182,16 +186,17 @@ _PTR = ir.PointerType()
 
 
 def _define_pass(module: ir.Module, rows: int) -> ir.Function:
-    """``void pass(x, x_stride, w, steps, out, out_stride, fetch, fetch_lines)``: for ``rows`` input rows
-    (1-4) and 4 weight rows, out[r * out_stride + q] = x[r * x_stride:][:8 * steps] . w[q * x_stride:][:8 * steps],
-    and each step (8 inputs) prefetches the next of ``fetch_lines`` cache lines from ``fetch``."""
+    """``void pass(x, width, w, steps, out, out_stride, fetch, fetch_lines)``: for ``rows`` input rows (1-4) and
+    4 weight rows, both ``width`` floats apart, out[r * out_stride + q] = x[r * width:][:8 * steps] .
+    w[q * width:][:8 * steps], and each step (8 inputs) prefetches the next of ``fetch_lines`` cache lines
+    from ``fetch``."""
     name = f"tokentiming_rows{rows}_by_4"
     if name in module.globals:
         return module.globals[name]
     function = ir.Function(module, ir.FunctionType(ir.VoidType(), [_PTR, _I64, _PTR, _I64, _PTR, _I64, _PTR, _I64]),
                            name)
     function.linkage = "internal"
-    x, stride, w, steps, out, out_stride, fetch, fetch_lines = function.args
+    x, width, w, steps, out, out_stride, fetch, fetch_lines = function.args
     entry, loop, done = (function.append_basic_block(label) for label in ("entry", "loop", "done"))
     fmuladd = cgutils.get_or_insert_function(module, ir.FunctionType(_VEC, [_VEC] * 3), "llvm.fmuladd.v8f32")
     prefetch = cgutils.get_or_insert_function(module, ir.FunctionType(ir.VoidType(), [_PTR, _I32, _I32, _I32]),
@@ -208,7 +213,7 @@ def _define_pass(module: ir.Module, rows: int) -> ir.Function:
     at = builder.mul(step, _I64(LANES))
 
     def vector(base, row):
-        address = builder.gep(base, [builder.add(builder.mul(_I64(row), stride), at)], source_etype=_F32)
+        address = builder.gep(base, [builder.add(builder.mul(_I64(row), width), at)], source_etype=_F32)
         return builder.load(address, typ=_VEC, align=4)
 
     weights = [vector(w, q) for q in range(4)]
@@ -219,11 +224,11 @@ def _define_pass(module: ir.Module, rows: int) -> ir.Function:
     with builder.if_then(builder.icmp_signed("<", step, fetch_lines)):
         line = builder.gep(fetch, [builder.mul(step, _I64(64))], source_etype=_BYTE)
         builder.call(prefetch, [line, _I32(0), _I32(2), _I32(1)])  # read, keep in L2, data
-    following = builder.add(step, _I64(1))
+    next_step = builder.add(step, _I64(1))
     latch = builder.block  # the prefetch's branch split the loop body
-    builder.cbranch(builder.icmp_signed("<", following, steps), loop, done)
+    builder.cbranch(builder.icmp_signed("<", next_step, steps), loop, done)
     step.add_incoming(_I64(0), entry)
-    step.add_incoming(following, latch)
+    step.add_incoming(next_step, latch)
     zero = ir.Constant(_VEC, [0.0] * LANES)
     for r in range(rows):
         for q in range(4):
@@ -249,8 +254,13 @@ def _pass_intrinsic(rows: int):
     cache lines of w from its element ``fetch_at`` on."""
     @intrinsic
     def block_pass(typingctx, x, m, w, o, out, fetch_at, fetch_lines):
-        if any(array.dtype != nb_types.float32 or array.layout != "C" for array in (x, w, out)):
-            return None  # a typing error: the IR reads float32 vectors at computed offsets
+        arrays, numbers = (x, w, out), (m, o, fetch_at, fetch_lines)
+        if not all(isinstance(a, nb_types.Array) and a.dtype == nb_types.float32 and a.layout == "C" and a.ndim == 2
+                   for a in arrays) or not all(isinstance(n, nb_types.Integer) for n in numbers):
+            # the IR reads float32 vectors at offsets computed from the shapes
+            raise TypingError("the prefetching kernel takes C-contiguous 2-D float32 arrays and integer offsets, "
+                              f"not {', '.join(map(str, arrays + numbers))}")
+        signature = nb_types.void(x, nb_types.intp, w, nb_types.intp, out, nb_types.intp, nb_types.intp)
 
         def codegen(context, builder, signature, args):
             x_type, _, w_type, _, out_type, _, _ = signature.args
@@ -264,14 +274,14 @@ def _pass_intrinsic(rows: int):
             def element(array, offset):
                 return builder.gep(array.data, [offset], source_etype=_F32)
 
-            steps = builder.udiv(width, _I64(LANES))
+            steps = builder.udiv(width, _I64(LANES))  # as the driver computes it: its prefetch budget counts on it
             builder.call(_define_pass(builder.module, rows),
                          [element(xs, builder.mul(m, width)), width, element(ws, builder.mul(o, width)), steps,
                           element(outs, builder.add(builder.mul(m, out_width), o)), out_width,
                           element(ws, fetch_at), fetch_lines])
             return context.get_dummy_value()
 
-        return nb_types.void(x, m, w, o, out, fetch_at, fetch_lines), codegen
+        return signature, codegen
 
     return block_pass
 
@@ -285,21 +295,22 @@ def rows_times_weight_prefetch(x, w, out):  # pragma: no cover - compiled
 
     Each thread takes 4 weight rows at a time (a block) and the input rows four at a time (a pass over the
     block). Every step of a pass (8 inputs) also requests one cache line of the next block, until all of
-    it is requested: during the first two passes, or half of it when there is only one. Measured against
-    the alternatives on the Xeon (1.3 GB of 8960x1536 weights): requesting a whole block at once was slower
-    than no prefetch at all; spreading the requests over every pass, or starting them after the first
-    pass, was no faster. Takes C-contiguous float32 arrays only."""
+    it is requested: during the first two passes when the width is a multiple of 16, or half of it when
+    there is only one pass. Measured against the alternatives on the Xeon (24 weights of 8960x1536, 1.3 GB,
+    so that they stream from memory): requesting a whole block at once was slower than no prefetch at all;
+    spreading the requests over every pass, or starting them after the first pass, was no faster. Takes
+    C-contiguous 2-D float32 arrays only (a typing error otherwise)."""
     rows, outputs, width = x.shape[0], w.shape[0], x.shape[1]
     steps = width // LANES
     vectors = steps * LANES
     lines = (4 * width + 15) // 16  # cache lines (16 floats) of one block
     for block in prange(outputs // 4):
         o = 4 * block
-        following = (o + 4) * width  # where the next block starts
+        next_block = (o + 4) * width  # where the next block starts
         requested = 0 if o + 8 <= outputs else lines  # lines of it requested so far
         for m in range(0, rows, 4):
             fetch = min(steps, lines - requested)
-            fetch_at = following + 16 * requested
+            fetch_at = next_block + 16 * requested
             requested += fetch
             left = rows - m
             if left >= 4:
@@ -328,6 +339,8 @@ def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
                  kernel=rows_times_weight) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for a CPU float32 ``x`` (no autograd), in chunks of :data:`ROWS` rows, on
     one of :data:`KERNELS`."""
+    if x.shape[-1] != weight.shape[1]:  # the kernels index the weights by the input's width
+        raise ValueError(f"input width {x.shape[-1]} does not match the weight's {tuple(weight.shape)}")
     flat = x.reshape(-1, x.shape[-1])
     if not flat.is_contiguous():
         flat = flat.contiguous()
@@ -377,8 +390,9 @@ def measure(weights: list[torch.Tensor]) -> dict:
     as in a forward pass) at each of :data:`BUCKETS` rows, and choose per bucket: the fastest kernel if it
     beats PyTorch by :data:`MARGIN`, else PyTorch. Past 32 rows, once PyTorch wins a bucket it is taken to win
     the larger ones too (a BLAS only gains on a streaming kernel as rows grow), which keeps the measurement
-    of a big output head short. A kernel that fails to compile or run on this machine is left out (its
-    times are None, and ``"failed"`` says why) instead of failing the model's load."""
+    of a big output head short. A kernel that raises on this machine (numba cannot type or lower it, say) is
+    left out, its times None and ``"failed"`` saying why, instead of failing the model's load; such a
+    measurement is not cached, so the next load tries again."""
     width = weights[0].shape[1]
     ms = {name: [] for name in ("torch", *KERNELS)}
     failed = {}
@@ -397,9 +411,11 @@ def measure(weights: list[torch.Tensor]) -> dict:
                 time_ms = None
                 if name not in failed:
                     try:
-                        time_ms = round(_best_ms(lambda: [small_linear(x, w, None, kernel) for w in weights], repeats), 3)
+                        run = lambda: [small_linear(x, w, None, kernel) for w in weights]  # noqa: E731
+                        time_ms = round(_best_ms(run, repeats), 3)
                     except Exception as error:  # noqa: BLE001 - any failure rules the candidate out
-                        failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+                        failed[name] = f"{type(error).__name__}: {lines[-1] if lines else ''}"
                 ms[name].append(time_ms)
             timed = [name for name in KERNELS if ms[name][-1] is not None]
             fastest = min(timed, key=lambda name: ms[name][-1], default=None)
@@ -436,22 +452,25 @@ def _save_choices(choices: dict) -> None:
 
 def choose(model: torch.nn.Module) -> dict[tuple[int, int], dict]:
     """This machine's measurement for every fp32 ``nn.Linear`` weight shape of ``model``, by (out, in) shape,
-    from the cache or measured now (a few seconds for a 1.5B model) and cached."""
+    from the cache or measured now (about 13 seconds for a 1.5B model) and cached (unless a kernel failed)."""
     by_shape = defaultdict(list)
     for module in model.modules():
         if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32:
             by_shape[tuple(module.weight.shape)].append(module.weight.detach())
     choices = _load_choices()
     machine = choices.setdefault(_machine_key(), {})
-    measured = False
+    measured, failed = {}, False
     for (outputs, inputs), weights in by_shape.items():
-        if f"{outputs}x{inputs}" not in machine:
+        key = f"{outputs}x{inputs}"
+        if key not in machine:
             take = max(1, min(len(weights), STREAM_BYTES // (4 * outputs * inputs)))
-            machine[f"{outputs}x{inputs}"] = measure(weights[:take])
-            measured = True
-    if measured:
+            # contiguous, as the weights the kernels will be routed (see _forward)
+            measured[key] = measure([weight.contiguous() for weight in weights[:take]])
+            failed = failed or bool(measured[key].get("failed"))
+    if measured and not failed:
+        machine.update(measured)
         _save_choices(choices)
-    return {shape: machine[f"{shape[0]}x{shape[1]}"] for shape in by_shape}
+    return {shape: machine.get(f"{shape[0]}x{shape[1]}") or measured[f"{shape[0]}x{shape[1]}"] for shape in by_shape}
 
 
 def accelerate(model: torch.nn.Module, route: str = "measured") -> torch.nn.Module:
