@@ -51,6 +51,27 @@ def test_static_caches_give_the_target_greedy_ids(padded, eager_greedy, tiny_tar
     assert used and set(used) == {(padded, False)}, "the static caches were not the ones asked for"
 
 
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_draft_steps_chained_on_the_device_stop_where_the_step_by_step_loop_stops(eager_greedy, tiny_target,
+                                                                                   tiny_draft, prompt, monkeypatch):
+    """The device loop (StaticKV.device_loop) drafts k tokens with one read-back, then cuts them where
+    the step-by-step loop stops: the same drafts, probabilities and forward counts in every round."""
+    decoder = TokenTimingDecoder(*tiny_target, *tiny_draft)
+    chained = []
+    original = StaticKV.greedy_steps
+    monkeypatch.setattr(StaticKV, "greedy_steps", lambda kv, *args: chained.append(args[1]) or original(kv, *args))
+    runs = {}
+    for on_device in (False, True):
+        monkeypatch.setattr(StaticKV, "device_loop", on_device)
+        runs[on_device] = decoder.generate(prompt, max_new_tokens=48, num_draft_tokens=6, static=True)
+        assert bool(chained) == on_device, "the device loop ran when off, or not when on"
+    step_by_step, on_device = runs[False], runs[True]
+    assert on_device.token_ids == step_by_step.token_ids == eager_greedy[prompt]
+    for name in ("draft_token_ids", "draft_probs", "draft_forwards", "proxy_token_ids", "accepted"):
+        assert [getattr(r, name) for r in on_device.rounds] == [getattr(r, name) for r in step_by_step.rounds], name
+    assert any(r.draft_forwards < 6 for r in step_by_step.rounds), "no round stopped early: the cut went untested"
+
+
 def test_static_sampling_matches_dynamic_sampling_for_a_seed(tiny_target, tiny_draft):
     decoder = TokenTimingDecoder(*tiny_target, *tiny_draft)
     options = dict(max_new_tokens=32, temperature=0.8, top_p=0.95, seed=7)

@@ -68,7 +68,17 @@ class StaticKV:
     positions come after the real ones, so the causal mask hides them from every real query, and
     the cache's write position is moved back over them at once, so the next write overwrites them.
     The cache grows (by copying, and recapturing) when a generation outruns it.
+
+    :meth:`greedy_steps` drafts several greedy tokens with one host synchronisation: each token is chosen
+    on the device and fed back from there, for GPUs, where reading each token back costs more than a small
+    draft's step. It always runs all k steps (the caller cuts the draft afterwards), so on a CPU, where
+    there is nothing to save, it only costs. The decoder uses it where :attr:`device_loop` is set.
     """
+
+    #: Whether the decoder drafts greedily through :meth:`greedy_steps` (all static caches; set the class
+    #: attribute). Off by default: tested for exactness on the CPU, not yet timed on a GPU, where
+    #: ``python -m tokentiming.tools.gpubench`` compares it with the step-by-step loop.
+    device_loop: bool = False
 
     def __init__(self, model, capacity: int = 1024, graphs: bool | None = None, pad: bool | None = None):
         self.model = model
@@ -132,13 +142,42 @@ class StaticKV:
 
     # -- forward passes -------------------------------------------------------------------------------
     @torch.inference_mode()
+    def greedy_steps(self, ids: list[int], steps: int, probs_of) -> tuple[list[int], list[float]]:
+        """``steps`` greedy tokens after ``ids`` and their probabilities (``probs_of(logits)``, the caller's
+        distribution, whose first maximum is taken), with one host synchronisation at the end.
+
+        Afterwards the cache holds ``ids`` and every token but the last, as after :meth:`forward` with the
+        tokens appended one at a time; the caller truncates it where its own rules stop the draft earlier."""
+        tokens, probs = [], []
+        logits = self.forward(ids, keep=1)[-1]
+        for step in range(steps):
+            distribution = probs_of(logits)
+            token = distribution.argmax()
+            tokens.append(token)
+            probs.append(distribution[token])
+            if step + 1 < steps:
+                logits = self._step_on_device(token)
+        return torch.stack(tokens).tolist(), torch.stack(probs).float().tolist()
+
+    def _step_on_device(self, token: torch.Tensor) -> torch.Tensor:
+        """The forward pass of one token held on the device: its logits, without reading it back."""
+        self._reserve(1)
+        source = token.view(1, 1)
+        if self.graphs:
+            logits = self._replay_or_eager(source)[0].clone()
+        else:
+            logits = self.model(source, cache=self.cache, logits_to_keep=1).logits[0, -1]
+        self.length += 1
+        return logits
+
+    @torch.inference_mode()
     def forward(self, ids: list[int], keep: int = 1) -> torch.Tensor:
         n = len(ids)
         size = next((b for b in BUCKETS if b >= n), n) if self.pad else n
         self._reserve(size)
         padded = list(ids) + [ids[-1]] * (size - n)
         if self.graphs and size in BUCKETS:
-            logits = self._replay_or_eager(padded)
+            logits = self._replay_or_eager(torch.tensor([padded], dtype=torch.long))
         else:
             inputs = torch.tensor([padded], device=self.device)
             logits = self.model(inputs, cache=self.cache, logits_to_keep=size).logits[0]
@@ -146,12 +185,13 @@ class StaticKV:
         self.length += n
         return logits[n - keep:n].clone()  # a graph's output buffer is overwritten by its next replay
 
-    def _replay(self, padded: list[int]) -> torch.Tensor:
-        size = len(padded)
+    def _replay(self, padded: torch.Tensor) -> torch.Tensor:
+        """The captured graph for ``padded`` (1 x size ids, on the host or the device) replayed over it."""
+        size = padded.shape[1]
         if size not in self._captured:
             self._capture(size)
         graph, inputs, logits = self._captured[size]
-        inputs.copy_(torch.tensor([padded], dtype=torch.long))
+        inputs.copy_(padded)
         graph.replay()
         return logits
 
@@ -171,7 +211,7 @@ class StaticKV:
             logits = self.model(inputs, cache=self.cache, logits_to_keep=size).logits[0]
         self._captured[size] = (graph, inputs, logits)
 
-    def _replay_or_eager(self, padded: list[int]) -> torch.Tensor:
+    def _replay_or_eager(self, padded: torch.Tensor) -> torch.Tensor:
         try:
             return self._replay(padded)
         except RuntimeError as error:  # a model whose forward cannot be captured (a host sync, say)
@@ -179,8 +219,8 @@ class StaticKV:
                           f"static cache: {error}", RuntimeWarning, stacklevel=3)
             self.graphs = False
             self._captured.clear()
-            inputs = torch.tensor([padded], device=self.device)
-            return self.model(inputs, cache=self.cache, logits_to_keep=len(padded)).logits[0]
+            inputs = padded.to(self.device)
+            return self.model(inputs, cache=self.cache, logits_to_keep=inputs.shape[1]).logits[0]
 
 
 def static_supported(model) -> bool:

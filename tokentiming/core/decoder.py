@@ -371,6 +371,8 @@ class _Speculation(_Decoding):
         """Up to k draft tokens from the draft context; stops at the draft's special tokens."""
         draft, context = Draft(start=len(self.draft.ids)), self.draft
         sampled = self.verifier in SAMPLED_DRAFT and not self.sampling.greedy
+        if k and not sampled and self.verifier != "tli" and getattr(context.kv, "device_loop", False):
+            return self._draft_on_device(k)
         for draft.forwards in range(1, k + 1):
             logits = context.logits()[-1]
             distribution = (self.sampling if sampled else Sampling()).probs(logits)
@@ -391,6 +393,26 @@ class _Speculation(_Decoding):
                 draft.distributions.append(self.intersection.in_target_space(distribution))
             if self.adaptive and draft.probs[-1] < ADAPTIVE_CONFIDENCE:
                 break
+        return draft
+
+    def _draft_on_device(self, k: int) -> Draft:
+        """:meth:`draft_step`'s greedy draft with the k steps chained on the device and read back once
+        (:meth:`StaticKV.greedy_steps`), then cut where the step-by-step loop would have stopped: before a
+        special token, or after the first token the draft is unsure of. The same tokens, the same cache;
+        the steps past the cut are the price of not synchronising after each one."""
+        draft, context = Draft(start=len(self.draft.ids)), self.draft
+        greedy = Sampling()
+        tokens, probs = context.kv.greedy_steps(context.ids[context.cached:], k, greedy.probs)
+        for token, prob in zip(tokens, probs):
+            draft.forwards += 1
+            if token in context.surfaces.special_ids:
+                break
+            draft.token_ids.append(token)
+            draft.probs.append(prob)
+            if self.adaptive and prob < ADAPTIVE_CONFIDENCE:
+                break
+        context.ids.extend(draft.token_ids)
+        context.kv.truncate(len(context.ids) - 1)  # as if fed one at a time: the last token waits for next time
         return draft
 
     # 2-3. draft text, re-encoded into proxy tokens (tli maps each drafted token instead)

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
+from ..backends.kv import StaticKV
 from . import tinypair
-from .bench import Bench, Prompt, identical_to_target, machine, markdown_table, peak_rss_mb, run_benchmark
-from .bench import summarise, write_report
+from .bench import Bench, Prompt, _synchronise, identical_to_target, machine, markdown_table, peak_rss_mb
+from .bench import run_benchmark, summarise, write_report
 
 METHODS = ["ar", "ar-static", "hf-ar", "tokentiming", "tokentiming-static", "hf-uag"]
 
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--quick", action="store_true", help="tiny models and few tokens: a smoke test on any device")
     args = parser.parse_args(argv)
+    if args.quick:  # the quick pair's draft has 256 positions: a long generation would run past them
+        args.max_new_tokens, args.prompts = min(args.max_new_tokens, 32), min(args.prompts, 2)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 everywhere: the methods must agree token for token
@@ -126,13 +129,31 @@ def race(target, draft, prompts, methods, settings, repeats, out: Path) -> str:
     identical = identical_to_target(runs, methods) if temperature == 0 else {}
     settings = {**settings, "machine": machine(), "peak_rss_mb": peak_rss_mb()}
     write_report(out, runs, summary, identical, None, settings)
-    for static in (False, True):
-        rounds = bench.decoder.generate(prompts[0].text, max_new_tokens=settings["max_new_tokens"], static=static,
-                                        num_draft_tokens=k, temperature=temperature, seed=0).rounds
+    # Where a round's time goes, and what drafting with the k steps chained on the device (one read-back per
+    # round: StaticKV.greedy_steps, off by default until measured here) saves against a read-back per step.
+    written = {}
+    for label, static, device_loop in (("tokentiming", False, False), ("tokentiming-static, device loop", True, True),
+                                       ("tokentiming-static, host loop", True, False)):
+        StaticKV.device_loop = device_loop
+        _synchronise()
+        tic = time.perf_counter()
+        generation = bench.decoder.generate(prompts[0].text, max_new_tokens=settings["max_new_tokens"],
+                                            static=static, num_draft_tokens=k, temperature=temperature, seed=0)
+        _synchronise()
+        wall_ms = (time.perf_counter() - tic) * 1e3
+        rounds = generation.rounds
+        written[label] = generation.token_ids
         phases = {key: statistics.median(r.timings[key] for r in rounds if key in r.timings)
                   for key in ("draft_ms", "reencode_us", "align_us", "verify_ms", "resync_us")}
-        print(f"tokentiming{'-static' if static else ''}: {len(rounds)} rounds, median per round: "
-              + ", ".join(f"{key} {value:.2f}" for key, value in phases.items()))
+        timed = sum(r.timings.get("draft_ms", 0) + r.timings.get("verify_ms", 0) for r in rounds)
+        host_ms = (wall_ms - timed) / len(rounds)
+        print(f"{label}: {len(rounds)} rounds, {wall_ms / len(rounds):.2f} ms per round (median: "
+              + ", ".join(f"{key} {value:.2f}" for key, value in phases.items())
+              + f"; on average {host_ms:.2f} ms of it neither draft nor verify)")
+    StaticKV.device_loop = False
+    if temperature == 0:
+        print("device loop wrote the host loop's ids:",
+              written["tokentiming-static, device loop"] == written["tokentiming-static, host loop"])
     bench.close()
     return markdown_table(summary, identical, None, settings)
 
