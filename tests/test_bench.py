@@ -154,3 +154,18 @@ def test_transformers_sampling_path_leaves_the_draft_usable(tiny_target, tiny_dr
             sampler.close()
         assert all(r.new_tokens > 0 for r in runs)
         assert draft.get_input_embeddings() is embeddings and draft.get_output_embeddings() is head
+
+
+def test_gpu_script_runs_end_to_end_in_quick_mode_without_generating_past_the_quick_drafts_positions(tmp_path,
+                                                                                                     capsys):
+    """The script a GPU session runs once: its CPU smoke test trains the quick pair, races every method and
+    compares the device and host draft loops. It once crashed there (transformers' assisted generation ran
+    the 256-position quick draft past its positions)."""
+    from tokentiming.tools import gpubench
+
+    gpubench.main(["--quick", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "device loop wrote the host loop's ids: True" in printed
+    assert "Greedy outputs identical to the target alone: ar yes" in printed and " no" not in printed.split(
+        "Greedy outputs identical")[-1].splitlines()[0]
+    assert (tmp_path / "k8-t0" / "report.md").exists()
