@@ -381,8 +381,8 @@ class GenerateTab:
                                          info="0 = greedy: output equals the target's own, token for token")
             self.top_p = gr.Slider(0.05, 1, 1, step=0.05, label="Top-p")
             self.num_draft_tokens = gr.Slider(1, MAX_DRAFT_TOKENS, DEFAULT_DRAFT_TOKENS, step=1,
-                                              label="Draft tokens per round")
-            self.adaptive = gr.Checkbox(DEFAULT_ADAPTIVE, label="Adaptive drafting",
+                                              label="Draft tokens per round", elem_id="num-draft-tokens")
+            self.adaptive = gr.Checkbox(DEFAULT_ADAPTIVE, label="Adaptive drafting", elem_id="adaptive",
                                         info="stop drafting early once the draft is less than 50% sure of its token")
             self.band = gr.Slider(0, 32, 8, step=1, label="DTW band", elem_id="band",
                                   info="how far the alignment may stray from the diagonal. Only the transfer "
