@@ -158,9 +158,9 @@ def test_transformers_sampling_path_leaves_the_draft_usable(tiny_target, tiny_dr
 
 def test_gpu_script_runs_end_to_end_in_quick_mode_without_generating_past_the_quick_drafts_positions(tmp_path,
                                                                                                      capsys):
-    """The script a GPU session runs once: its CPU smoke test trains the quick pair, races every method and
-    compares the device and host draft loops. It once crashed there (transformers' assisted generation ran
-    the 256-position quick draft past its positions)."""
+    """The script a GPU session runs once: its CPU smoke test trains the quick pair, races every method,
+    compares the device and host draft loops and projects the real pairs. It once crashed there
+    (transformers' assisted generation ran the 256-position quick draft past its positions)."""
     from tokentiming.tools import gpubench
 
     gpubench.main(["--quick", "--out", str(tmp_path)])
@@ -169,3 +169,17 @@ def test_gpu_script_runs_end_to_end_in_quick_mode_without_generating_past_the_qu
     assert "Greedy outputs identical to the target alone: ar yes" in printed and " no" not in printed.split(
         "Greedy outputs identical")[-1].splitlines()[0]
     assert (tmp_path / "k8-t0" / "report.md").exists()
+    projected = (tmp_path / "projection.md").read_text()
+    assert projected.startswith("**Projection, not a measurement.**") and "toy models" in projected
+    assert "SmolLM2-135M → Qwen2.5-Coder-7B | assumed" in projected
+
+
+def test_projection_reads_the_recorded_round_and_prices_it_with_the_measured_steps():
+    from tokentiming.tools.projection import RECORDED, RoundShape, project
+
+    shape = RoundShape.from_report(RECORDED)  # the default pair, fp32 greedy: tau 3.02 in its table
+    assert shape.new_tokens == pytest.approx(3.02, abs=0.01) and 1 < shape.draft_steps <= 8
+    assert shape.verify_rows >= 2 and 0 < shape.host_ms < 50
+    # 3 tokens a round for 4 draft steps of 1 ms, a 5 ms verify pass and 1 ms of host work, against 4 ms a token
+    assert project(RoundShape(3, 4, 5, 1.0, "made up"), draft_ms=1.0, target_ms=4.0, verify_ms=5.0) == \
+        pytest.approx(12 / 10)

@@ -1,6 +1,6 @@
 """Self-contained GPU benchmark: train a draft/target pair with different tokenizers, then race the methods.
 
-    python -m tokentiming.tools.gpubench [--out DIR] [--max-new-tokens 128] [--prompts 8] [--quick]
+    python -m tokentiming.tools.gpubench [--out DIR] [--max-new-tokens 128] [--prompts 8] [--quick] [--no-projection]
 
 Needs no model files and no network, so it runs on a bare GPU machine. It trains the tiny pair's two
 tokenizers (byte-level BPE for the draft, SentencePiece-style for the target) and two models on the same
@@ -12,7 +12,10 @@ static + CUDA graphs) and transformers' assisted generation across tokenizers.
 
 Prompts come from the models' own training text, where the two agree far more than real pairs do on
 real prompts: the acceptance figures here show the machinery's ceiling, not a model pair's. The timing
-differences between methods are what the script is for. ``--quick`` shrinks everything for a CPU smoke test.
+differences between methods are what the script is for. Then it compares drafting step by step with drafting
+chained on the device, round by round, and projects the real pairs' speedups on this GPU
+(:mod:`tokentiming.tools.projection`: the real architectures' step times, the real pair's recorded acceptance).
+``--quick`` shrinks everything for a CPU smoke test.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ..backends.kv import StaticKV
-from . import tinypair
+from . import projection, tinypair
 from .bench import Bench, Prompt, _synchronise, identical_to_target, machine, markdown_table, peak_rss_mb
 from .bench import run_benchmark, summarise, write_report
 
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated: one benchmark per value; 0 is greedy, where ids are compared")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--quick", action="store_true", help="tiny models and few tokens: a smoke test on any device")
+    parser.add_argument("--no-projection", action="store_true", help="skip the real architectures' projection")
     args = parser.parse_args(argv)
     if args.quick:  # the quick pair's draft has 256 positions: a long generation would run past them
         args.max_new_tokens, args.prompts = min(args.max_new_tokens, 32), min(args.prompts, 2)
@@ -113,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
             tables.append(race(target, draft, prompts, methods, settings, args.repeats, out))
     for table in tables:
         print("\n" + table)
+    del target, draft
+    if not args.no_projection:
+        projection.main(["--out", str(args.out)] + (["--quick"] if args.quick else []))
     print(f"\ntotal {time.perf_counter() - started:.0f}s; reports in {args.out}")
 
 
