@@ -165,7 +165,7 @@ def test_gpu_script_runs_end_to_end_in_quick_mode_without_generating_past_the_qu
 
     gpubench.main(["--quick", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
-    assert "device loop wrote the host loop's ids: True" in printed
+    assert "device loop drafted and wrote what the host loop did: True" in printed
     assert "Greedy outputs identical to the target alone: ar yes" in printed and " no" not in printed.split(
         "Greedy outputs identical")[-1].splitlines()[0]
     assert (tmp_path / "k8-t0" / "report.md").exists()
@@ -179,7 +179,8 @@ def test_projection_reads_the_recorded_round_and_prices_it_with_the_measured_ste
 
     shape = RoundShape.from_report(RECORDED)  # the default pair, fp32 greedy: tau 3.02 in its table
     assert shape.new_tokens == pytest.approx(3.02, abs=0.01) and 1 < shape.draft_steps <= 8
-    assert shape.verify_rows >= 2 and 0 < shape.host_ms < 50
-    # 3 tokens a round for 4 draft steps of 1 ms, a 5 ms verify pass and 1 ms of host work, against 4 ms a token
-    assert project(RoundShape(3, 4, 5, 1.0, "made up"), draft_ms=1.0, target_ms=4.0, verify_ms=5.0) == \
-        pytest.approx(12 / 10)
+    assert shape.verify_rows >= 2 and 0 < shape.host_ms < 50 and 0 < shape.baseline_host_ms < 5
+    assert shape.decode_speedup == pytest.approx(2.18, abs=0.01)  # its decoding-alone column
+    # 3 tokens a round for 4 draft steps of 1 ms, a 5 ms verify pass and 1 ms of host work, against 4.5 ms a token
+    assert project(RoundShape(3, 4, 5, 1.0, 0.5, 2.0, "made up"), draft_ms=1.0, target_ms=4.0, verify_ms=5.0) == \
+        pytest.approx(3 * 4.5 / 10)

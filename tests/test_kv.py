@@ -51,25 +51,75 @@ def test_static_caches_give_the_target_greedy_ids(padded, eager_greedy, tiny_tar
     assert used and set(used) == {(padded, False)}, "the static caches were not the ones asked for"
 
 
+@pytest.mark.parametrize("special", [False, True], ids=["its-own-special-tokens", "a-common-token-made-special"])
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_draft_steps_chained_on_the_device_stop_where_the_step_by_step_loop_stops(eager_greedy, tiny_target,
-                                                                                   tiny_draft, prompt, monkeypatch):
-    """The device loop (StaticKV.device_loop) drafts k tokens with one read-back, then cuts them where
-    the step-by-step loop stops: the same drafts, probabilities and forward counts in every round."""
+                                                                                   tiny_draft, prompt, special,
+                                                                                   monkeypatch):
+    """The device loop (StaticKV.device_loop) drafts k tokens with one read-back, then cuts them where the
+    step-by-step loop stops: the same drafts, probabilities and forward counts in every round, and the same
+    draft cache after every draft and resync. The tiny draft never writes its own special tokens here, so one
+    variant makes its most common drafted token special: a stop on it once left the cache one token short."""
+    from collections import Counter
+
+    from tokentiming.core.decoder import _Speculation
+    from tokentiming.core.surfaces import surfaces_for
+
     decoder = TokenTimingDecoder(*tiny_target, *tiny_draft)
-    chained = []
+    options = dict(max_new_tokens=48, num_draft_tokens=6, static=True)
+    common = None
+    if special:
+        drafted = Counter(t for r in decoder.generate(prompt, **options).rounds for t in r.draft_token_ids)
+        common = drafted.most_common(1)[0][0]
+        surfaces = surfaces_for(tiny_draft[1])
+        monkeypatch.setattr(surfaces, "special_ids", surfaces.special_ids | {common})
+    chained, states = [], []
     original = StaticKV.greedy_steps
     monkeypatch.setattr(StaticKV, "greedy_steps", lambda kv, *args: chained.append(args[1]) or original(kv, *args))
+    for name in ("draft_step", "resync"):
+        def after(self, *args, _original=getattr(_Speculation, name), _name=name):
+            result = _original(self, *args)
+            states.append((_name, len(self.draft.ids), self.draft.kv.length))
+            return result
+        monkeypatch.setattr(_Speculation, name, after)
     runs = {}
     for on_device in (False, True):
         monkeypatch.setattr(StaticKV, "device_loop", on_device)
-        runs[on_device] = decoder.generate(prompt, max_new_tokens=48, num_draft_tokens=6, static=True)
+        states.clear()
+        runs[on_device] = decoder.generate(prompt, **options), list(states)
         assert bool(chained) == on_device, "the device loop ran when off, or not when on"
-    step_by_step, on_device = runs[False], runs[True]
+    (step_by_step, host_states), (on_device, device_states) = runs[False], runs[True]
     assert on_device.token_ids == step_by_step.token_ids == eager_greedy[prompt]
     for name in ("draft_token_ids", "draft_probs", "draft_forwards", "proxy_token_ids", "accepted"):
         assert [getattr(r, name) for r in on_device.rounds] == [getattr(r, name) for r in step_by_step.rounds], name
+    assert device_states == host_states, "the draft cache differs after a draft or a resync"
     assert any(r.draft_forwards < 6 for r in step_by_step.rounds), "no round stopped early: the cut went untested"
+    if special:
+        assert all(common not in r.draft_token_ids for r in on_device.rounds)
+
+
+def test_chained_draft_steps_read_nothing_back_until_the_end(tiny_draft):
+    """One read-back per round is the point of the device loop: a tensor index (``probs[token]``) reads the
+    token back at every step (an ``.item()``, a synchronisation on a GPU)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from tokentiming.core.verification import Sampling
+
+    class ReadBacks(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.startswith(("item", "_local_scalar_dense")):
+                ReadBacks.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.inference_mode():
+        kv = StaticKV(tiny_draft[0], capacity=64)
+        kv.forward([5, 6, 7])
+        with ReadBacks():
+            tokens, probs = kv.greedy_steps([8], 6, Sampling().probs)
+    assert len(tokens) == len(probs) == 6 and kv.length == 3 + 6
+    assert ReadBacks.count == 0, f"{ReadBacks.count} read-backs while chaining 6 steps"
 
 
 def test_static_sampling_matches_dynamic_sampling_for_a_seed(tiny_target, tiny_draft):

@@ -152,13 +152,14 @@ class StaticKV:
         logits = self.forward(ids, keep=1)[-1]
         for step in range(steps):
             distribution = probs_of(logits)
-            token = distribution.argmax()
+            token = distribution.argmax(-1, keepdim=True)
             tokens.append(token)
-            probs.append(distribution[token])
+            probs.append(distribution.gather(-1, token))  # indexing by a tensor would read it back (.item())
             if step + 1 < steps:
                 logits = self._step_on_device(token)
-        return torch.stack(tokens).tolist(), torch.stack(probs).float().tolist()
+        return torch.cat(tokens).tolist(), torch.cat(probs).float().tolist()
 
+    @torch.inference_mode()
     def _step_on_device(self, token: torch.Tensor) -> torch.Tensor:
         """The forward pass of one token held on the device: its logits, without reading it back."""
         self._reserve(1)

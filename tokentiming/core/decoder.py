@@ -401,18 +401,21 @@ class _Speculation(_Decoding):
         special token, or after the first token the draft is unsure of. The same tokens, the same cache;
         the steps past the cut are the price of not synchronising after each one."""
         draft, context = Draft(start=len(self.draft.ids)), self.draft
-        greedy = Sampling()
-        tokens, probs = context.kv.greedy_steps(context.ids[context.cached:], k, greedy.probs)
+        tokens, probs = context.kv.greedy_steps(context.ids[context.cached:], k, Sampling().probs)
+        special = False
         for token, prob in zip(tokens, probs):
             draft.forwards += 1
             if token in context.surfaces.special_ids:
+                special = True
                 break
             draft.token_ids.append(token)
             draft.probs.append(prob)
             if self.adaptive and prob < ADAPTIVE_CONFIDENCE:
                 break
         context.ids.extend(draft.token_ids)
-        context.kv.truncate(len(context.ids) - 1)  # as if fed one at a time: the last token waits for next time
+        # As if fed one at a time: the last drafted token waits for the next call, unless a special token
+        # stopped the draft, whose step fed it already.
+        context.kv.truncate(len(context.ids) if special else len(context.ids) - 1)
         return draft
 
     # 2-3. draft text, re-encoded into proxy tokens (tli maps each drafted token instead)

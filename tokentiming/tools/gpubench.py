@@ -138,18 +138,27 @@ def race(target, draft, prompts, methods, settings, repeats, out: Path) -> str:
     write_report(out, runs, summary, identical, None, settings)
     # Where a round's time goes, and what drafting with the k steps chained on the device (one read-back per
     # round: StaticKV.greedy_steps, off by default until measured here) saves against a read-back per step.
-    written = {}
-    for label, static, device_loop in (("tokentiming", False, False), ("tokentiming-static, device loop", True, True),
-                                       ("tokentiming-static, host loop", True, False)):
-        StaticKV.device_loop = device_loop
-        _synchronise()
-        tic = time.perf_counter()
-        generation = bench.decoder.generate(prompts[0].text, max_new_tokens=settings["max_new_tokens"],
-                                            static=static, num_draft_tokens=k, temperature=temperature, seed=0)
-        _synchronise()
-        wall_ms = (time.perf_counter() - tic) * 1e3
+    # Each is run twice, in alternating order; the faster of the two is printed.
+    loops = {"tokentiming": (False, False), "tokentiming-static, device loop": (True, True),
+             "tokentiming-static, host loop": (True, False)}
+    best = {}
+    try:
+        for order in (list(loops), list(reversed(loops))):
+            for label in order:
+                static, StaticKV.device_loop = loops[label]
+                _synchronise()
+                tic = time.perf_counter()
+                generation = bench.decoder.generate(prompts[0].text, max_new_tokens=settings["max_new_tokens"],
+                                                    static=static, num_draft_tokens=k, temperature=temperature,
+                                                    seed=0)
+                _synchronise()
+                wall_ms = (time.perf_counter() - tic) * 1e3
+                if label not in best or wall_ms < best[label][0]:
+                    best[label] = wall_ms, generation
+    finally:
+        StaticKV.device_loop = False
+    for label, (wall_ms, generation) in best.items():
         rounds = generation.rounds
-        written[label] = generation.token_ids
         phases = {key: statistics.median(r.timings[key] for r in rounds if key in r.timings)
                   for key in ("draft_ms", "reencode_us", "align_us", "verify_ms", "resync_us")}
         timed = sum(r.timings.get("draft_ms", 0) + r.timings.get("verify_ms", 0) for r in rounds)
@@ -157,10 +166,12 @@ def race(target, draft, prompts, methods, settings, repeats, out: Path) -> str:
         print(f"{label}: {len(rounds)} rounds, {wall_ms / len(rounds):.2f} ms per round (median: "
               + ", ".join(f"{key} {value:.2f}" for key, value in phases.items())
               + f"; on average {host_ms:.2f} ms of it neither draft nor verify)")
-    StaticKV.device_loop = False
-    if temperature == 0:
-        print("device loop wrote the host loop's ids:",
-              written["tokentiming-static, device loop"] == written["tokentiming-static, host loop"])
+    if temperature == 0:  # greedy: both loops must draft the same tokens, round by round, not only write the same
+        chained, stepped = best["tokentiming-static, device loop"][1], best["tokentiming-static, host loop"][1]
+        same = chained.token_ids == stepped.token_ids and all(
+            [getattr(r, name) for r in chained.rounds] == [getattr(r, name) for r in stepped.rounds]
+            for name in ("draft_token_ids", "draft_probs", "draft_forwards"))
+        print("device loop drafted and wrote what the host loop did:", same)
     bench.close()
     return markdown_table(summary, identical, None, settings)
 
