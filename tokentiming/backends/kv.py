@@ -162,26 +162,24 @@ class StaticKV:
     @torch.inference_mode()
     def _step_on_device(self, token: torch.Tensor) -> torch.Tensor:
         """The forward pass of one token held on the device: its logits, without reading it back."""
-        self._reserve(1)
-        source = token.view(1, 1)
-        if self.graphs:
-            logits = self._replay_or_eager(source)[0].clone()
-        else:
-            logits = self.model(source, cache=self.cache, logits_to_keep=1).logits[0, -1]
-        self.length += 1
-        return logits
+        return self._run(token.view(1, 1), 1, 1)[0]
 
     @torch.inference_mode()
     def forward(self, ids: list[int], keep: int = 1) -> torch.Tensor:
         n = len(ids)
         size = next((b for b in BUCKETS if b >= n), n) if self.pad else n
-        self._reserve(size)
         padded = list(ids) + [ids[-1]] * (size - n)
+        return self._run(torch.tensor([padded], dtype=torch.long), n, keep)
+
+    def _run(self, padded: torch.Tensor, n: int, keep: int) -> torch.Tensor:
+        """The forward pass of ``padded`` (1 x size ids, the first ``n`` real, on the host or the device): the
+        logits of the last ``keep`` real positions; the cache keeps the real ones."""
+        size = padded.shape[1]
+        self._reserve(size)
         if self.graphs and size in BUCKETS:
-            logits = self._replay_or_eager(torch.tensor([padded], dtype=torch.long))
+            logits = self._replay_or_eager(padded)
         else:
-            inputs = torch.tensor([padded], device=self.device)
-            logits = self.model(inputs, cache=self.cache, logits_to_keep=size).logits[0]
+            logits = self.model(padded.to(self.device), cache=self.cache, logits_to_keep=size).logits[0]
         self._rewind(size - n)
         self.length += n
         return logits[n - keep:n].clone()  # a graph's output buffer is overwritten by its next replay
