@@ -37,7 +37,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from ..backends.kv import StaticKV
 from ..core.verification import Sampling
-from .bench import machine
+from .bench import _synchronise, machine
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDED = ROOT / "assets" / "benchmarks" / "cpu-xeon-fp32-greedy.json"
@@ -111,11 +111,6 @@ def build(name: str, device: torch.device, dtype: torch.dtype, quick: bool = Fal
         torch.set_default_dtype(default)
 
 
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _median(times: list[float]) -> float:
     return 1e3 * sorted(times)[len(times) // 2]
 
@@ -131,7 +126,7 @@ def step_ms(model, rows: int, repeats: int, context: int = 256) -> tuple[float, 
     proposal = torch.randint(0, vocab, (rows,)).tolist()
     greedy, times = Sampling(), []
     for _ in range(repeats + 2):  # the first two capture the graphs and warm up
-        _synchronise(kv.device)
+        _synchronise()
         tic = time.perf_counter()
         probs = greedy.probs(kv.forward(proposal, keep=rows))
         tokens = probs.argmax(dim=-1)
@@ -148,7 +143,7 @@ def chained_step_ms(model, steps: int, repeats: int, context: int = 256) -> floa
     kv.forward(torch.randint(0, model.config.vocab_size, (context,)).tolist())
     times = []
     for _ in range(repeats + 2):
-        _synchronise(kv.device)
+        _synchronise()
         tic = time.perf_counter()
         kv.greedy_steps([7], steps, Sampling().probs)
         times.append((time.perf_counter() - tic) / steps)
